@@ -1,0 +1,111 @@
+"""python -m batch_job run SOURCE... [--output DEST] [--model PATH] [--batch-size N]
+
+Exit status: 0 every image scored; 3 some rows carry errors (the CSV is still complete);
+2 usage error; 1 fatal error (missing model, unreadable source). Errors are one line on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Iterator
+
+from batch_job.csv_output import write_csv
+from batch_job.model import EmotionModel, ModelError, default_model_path
+from batch_job.pipeline import predict
+from batch_job.sources import SourceError, items_for
+
+DEFAULT_OUTPUT = "predictions.csv"
+EXIT_OK, EXIT_FATAL, EXIT_USAGE, EXIT_SOME_ERRORS = 0, 1, 2, 3
+
+
+class FatalError(RuntimeError):
+    """Stops the run with exit status 1 and a one-line message."""
+
+
+@contextmanager
+def open_output(dest: str) -> Iterator[IO[str]]:
+    """stdout for '-', else a temp file renamed into place only when the CSV is complete."""
+    if dest == "-":
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    target = Path(dest)
+    if not target.parent.is_dir():
+        raise FatalError(f"output folder does not exist: {target.parent}")
+    fd, tmp = tempfile.mkstemp(prefix=".predictions-", suffix=".csv", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as out:
+            yield out
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def score(sources: list[str], dest: str, model_path: str | None, batch_size: int,
+          workers: int | None, progress: bool) -> tuple[int, int, float]:
+    """Score every input into one CSV; returns (rows, error rows, seconds)."""
+    from tqdm import tqdm
+
+    model = EmotionModel(model_path)
+    total = sum(1 for _ in items_for(sources)) if progress else None
+    started = time.perf_counter()
+    rows = errors = 0
+    with open_output(dest) as out:
+        predictions = write_csv(predict(items_for(sources), model, batch_size, workers), out)
+        for prediction in tqdm(predictions, total=total, unit="img", disable=not progress, file=sys.stderr):
+            rows += 1
+            errors += bool(prediction.error)
+    return rows, errors, time.perf_counter() - started
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m batch_job",
+                                     description="Score face images with the emotion model; write a CSV.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="score a folder, image files, or several of them")
+    run.add_argument("sources", nargs="+", metavar="SOURCE",
+                     help="image file or folder (searched recursively); several may be given")
+    run.add_argument("-o", "--output", default=DEFAULT_OUTPUT,
+                     help=f"CSV to write, '-' for stdout (default: {DEFAULT_OUTPUT})")
+    run.add_argument("--model", help=f"ONNX model (default: $MODEL_PATH or {default_model_path()})")
+    run.add_argument("--batch-size", type=_positive, default=256, help="images per inference call (default 256)")
+    run.add_argument("--workers", type=_positive, help="decode/fetch threads (default: CPUs + 4)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    progress = sys.stderr.isatty() and not args.no_progress
+    try:
+        rows, errors, seconds = score(args.sources, args.output, args.model, args.batch_size, args.workers, progress)
+    except (ModelError, SourceError, FatalError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FATAL
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return EXIT_FATAL
+    if rows == 0:
+        print(f"error: no image files found in {' '.join(args.sources)}", file=sys.stderr)
+        return EXIT_FATAL
+    rate = rows / seconds if seconds > 0 else float("inf")
+    where = "stdout" if args.output == "-" else args.output
+    print(f"scored {rows} images ({errors} errors) in {seconds:.1f} s, {rate:.0f} images/s -> {where}",
+          file=sys.stderr)
+    return EXIT_SOME_ERRORS if errors else EXIT_OK

@@ -1,0 +1,109 @@
+"""Keras -> ONNX with tf2onnx, a parity check on real images, and a model card in the ONNX metadata."""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from batch_job.preprocessing import CLASSES, INPUT_SIZE, PREPROCESSING
+
+OPSET = 17
+
+
+class ParityError(RuntimeError):
+    """The ONNX graph does not reproduce the Keras model within tolerance: never ship it."""
+
+
+@dataclass
+class Parity:
+    images: int
+    max_abs_diff: float
+    argmax_agreement: float
+
+
+def to_onnx(model, channels: int):
+    """The Keras model as an ONNX ModelProto (float32 input 'image', NHWC pixels 0-255)."""
+    import tensorflow as tf
+    import tf2onnx
+
+    signature = (tf.TensorSpec((None, INPUT_SIZE, INPUT_SIZE, channels), tf.float32, name="image"),)
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=OPSET)
+    return proto
+
+
+def check_parity(model, onnx_bytes: bytes, pixels: np.ndarray, tolerance: float) -> tuple[Parity, np.ndarray]:
+    """Compare Keras and onnxruntime on the same images; raises ParityError past the tolerance."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    batch = pixels.astype(np.float32)
+    expected = model.predict(batch, batch_size=256, verbose=0)
+    actual = session.run(None, {session.get_inputs()[0].name: batch})[0]
+    parity = Parity(len(batch), float(np.abs(expected - actual).max()),
+                    float((expected.argmax(1) == actual.argmax(1)).mean()))
+    if parity.max_abs_diff > tolerance or parity.argmax_agreement < 1.0:
+        raise ParityError(f"ONNX differs from Keras on {parity.images} images: max |diff| "
+                          f"{parity.max_abs_diff:.3g} (tolerance {tolerance:.3g}), argmax agreement "
+                          f"{parity.argmax_agreement:.4%}")
+    return parity, actual
+
+
+def model_card(name: str, channels: int, parity: Parity, metrics: dict) -> dict[str, str]:
+    """String key/values for ONNX metadata_props; the runtime reads classes, input_size and channels."""
+    return {
+        "model_name": name,
+        "classes": json.dumps(list(CLASSES)),
+        "input_size": str(INPUT_SIZE),
+        "channels": str(channels),
+        "input": json.dumps({"name": "image", "dtype": "float32", "shape": ["N", INPUT_SIZE, INPUT_SIZE, channels],
+                             "layout": "NHWC", "range": [0, 255], "color": "grayscale" if channels == 1 else "rgb"}),
+        "output": json.dumps({"dtype": "float32", "shape": ["N", len(CLASSES)], "meaning": "softmax probabilities"}),
+        "preprocessing": PREPROCESSING + " (batch_job.preprocessing.load_image)",
+        "parity": json.dumps(parity.__dict__),
+        "metrics": json.dumps(metrics),
+    }
+
+
+def export(keras_path: Path, output: Path, data_root: str | None = None, tolerance: float = 1e-4) -> dict:
+    """Convert, prove parity on real validation images, measure accuracy of the ONNX graph, write the card."""
+    import keras
+    import onnx
+
+    from trainer import data as dataset
+    from trainer.report import scores
+
+    model = keras.models.load_model(keras_path, compile=False)
+    channels = int(model.input_shape[-1])
+    root = dataset.data_dir(data_root)
+    splits = dataset.load_splits(root, drop_test_duplicates=False)
+    proto = to_onnx(model, channels)
+
+    metrics = {}
+    parity = None
+    for name in ("validation", "test"):
+        split = splits[name]
+        split_parity, probs = check_parity(model, proto.SerializeToString(), dataset.load_pixels(split.paths, channels),
+                                           tolerance)
+        parity = split_parity if parity is None else Parity(parity.images + split_parity.images,
+                                                            max(parity.max_abs_diff, split_parity.max_abs_diff),
+                                                            min(parity.argmax_agreement, split_parity.argmax_agreement))
+        metrics[name] = scores(split.labels, probs.argmax(1))
+        if name == "test":
+            unique = dataset.unique_test_mask(root)
+            metrics["test_unique"] = scores(split.labels[unique], probs.argmax(1)[unique])
+
+    card = model_card(keras_path.parent.name if keras_path.name == "model.keras" else keras_path.stem,
+                      channels, parity, metrics)
+    for key, value in card.items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.doc_string = "Facial emotion classifier (happy, neutral, sad, surprise); see metadata for the model card."
+    output.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(proto, output)
+    readable = {k: (json.loads(v) if v[:1] in "[{" else v) for k, v in card.items()}
+    output.with_suffix(".json").write_text(json.dumps(readable, indent=2) + "\n")
+    if keras_path.resolve() != output.with_suffix(".keras").resolve():
+        shutil.copyfile(keras_path, output.with_suffix(".keras"))
+    return readable

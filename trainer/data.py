@@ -1,0 +1,76 @@
+"""The face dataset on disk -> numpy arrays, through the runtime's own preprocessing.
+
+The data folder comes from --data, else $EMOTION_DATA_DIR, else ../shared/data/facial_emotion_images.
+Byte-identical copies of test images are dropped from train and validation (when asked), so test scores
+are honest; `unique_test` marks the test images that have no copy in train or validation at all.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from batch_job.preprocessing import CLASSES, load_image
+
+SPLITS = ("train", "validation", "test")
+DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "facial_emotion_images"
+
+
+def data_dir(override: str | os.PathLike | None = None) -> Path:
+    path = Path(override or os.environ.get("EMOTION_DATA_DIR") or DEFAULT_DATA_DIR)
+    if not (path / "train").is_dir():
+        raise FileNotFoundError(
+            f"no dataset at {path} (expected {path}/{{train,validation,test}}/<class>/*.jpg); "
+            "pass --data or set EMOTION_DATA_DIR")
+    return path
+
+
+@dataclass
+class Split:
+    paths: list[Path]
+    labels: np.ndarray  # int class index into CLASSES
+    digests: list[str]  # md5 of the file bytes, for duplicate detection
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, keep: np.ndarray) -> "Split":
+        idx = np.flatnonzero(keep)
+        return Split([self.paths[i] for i in idx], self.labels[idx], [self.digests[i] for i in idx])
+
+
+def list_split(root: Path, split: str) -> Split:
+    paths, labels = [], []
+    for label, name in enumerate(CLASSES):
+        for path in sorted((root / split / name).glob("*")):
+            if path.is_file():
+                paths.append(path)
+                labels.append(label)
+    digests = [hashlib.md5(p.read_bytes()).hexdigest() for p in paths]
+    return Split(paths, np.array(labels, dtype=np.int64), digests)
+
+
+def load_splits(root: Path, drop_test_duplicates: bool = True) -> dict[str, Split]:
+    splits = {name: list_split(root, name) for name in SPLITS}
+    test_digests = set(splits["test"].digests)
+    if drop_test_duplicates:
+        for name in ("train", "validation"):
+            split = splits[name]
+            splits[name] = split.subset(np.array([d not in test_digests for d in split.digests], dtype=bool))
+    return splits
+
+
+def unique_test_mask(root: Path) -> np.ndarray:
+    """True for each test image (in list_split order) with no byte-identical copy in train or validation."""
+    seen = set(list_split(root, "train").digests) | set(list_split(root, "validation").digests)
+    return np.array([d not in seen for d in list_split(root, "test").digests], dtype=bool)
+
+
+def load_pixels(paths: list[Path], channels: int = 1) -> np.ndarray:
+    """uint8 array (N, 48, 48, channels), decoded in threads by the shared preprocessing function."""
+    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+        return np.stack(list(pool.map(lambda p: load_image(p, channels=channels), paths)))
