@@ -6,6 +6,7 @@ Exit status: 0 every image scored; 3 some rows carry errors (the CSV is still co
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import tempfile
@@ -53,11 +54,15 @@ def score(sources: list[str], dest: str, model_path: str | None, batch_size: int
     from tqdm import tqdm
 
     model = EmotionModel(model_path)
+    items = items_for(sources)
+    first = next(items, None)
+    if first is None:
+        raise FatalError(f"no image files found in {' '.join(sources)}")
     total = sum(1 for _ in items_for(sources)) if progress else None
     started = time.perf_counter()
     rows = errors = 0
     with open_output(dest) as out:
-        predictions = write_csv(predict(items_for(sources), model, batch_size, workers), out)
+        predictions = write_csv(predict(itertools.chain([first], items), model, batch_size, workers), out)
         for prediction in tqdm(predictions, total=total, unit="img", disable=not progress, file=sys.stderr):
             rows += 1
             errors += bool(prediction.error)
@@ -77,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=_positive, default=256, help="images per inference call (default 256)")
     run.add_argument("--workers", type=_positive, help="decode/fetch threads (default: CPUs + 4)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    evaluate = sub.add_parser("evaluate", help="accuracy of a predictions CSV whose paths contain class folders")
+    evaluate.add_argument("csv")
     return parser
 
 
@@ -90,8 +97,26 @@ def _positive(text: str) -> int:
     return value
 
 
+def print_evaluation(csv_path: str) -> int:
+    from batch_job.evaluate import evaluate
+
+    try:
+        result = evaluate(csv_path)
+    except (OSError, KeyError) as error:
+        print(f"error: cannot evaluate {csv_path}: {error}", file=sys.stderr)
+        return EXIT_FATAL
+    if not result["images"]:
+        print(f"error: no row of {csv_path} has a class folder (happy/, sad/...) in its path", file=sys.stderr)
+        return EXIT_FATAL
+    per_class = ", ".join(f"{name} {acc:.3f}" for name, acc in result["per_class"].items())
+    print(f"accuracy {result['accuracy']:.4f} on {result['images']} labelled images ({per_class})")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "evaluate":
+        return print_evaluation(args.csv)
     progress = sys.stderr.isatty() and not args.no_progress
     try:
         rows, errors, seconds = score(args.sources, args.output, args.model, args.batch_size, args.workers, progress)
@@ -100,9 +125,6 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FATAL
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
-        return EXIT_FATAL
-    if rows == 0:
-        print(f"error: no image files found in {' '.join(args.sources)}", file=sys.stderr)
         return EXIT_FATAL
     rate = rows / seconds if seconds > 0 else float("inf")
     where = "stdout" if args.output == "-" else args.output

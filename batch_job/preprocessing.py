@@ -52,7 +52,7 @@ def _to_grayscale(image: Image.Image) -> Image.Image:
         pixels = np.asarray(image, dtype=np.float32)
         if image.mode.startswith("I;16") or pixels.max(initial=0) > 255:
             pixels = pixels / 257.0  # 16-bit range -> 8-bit range
-        return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="L")
+        return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):

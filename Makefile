@@ -1,0 +1,44 @@
+# Emotion batch scoring. `make run` and `make test` work on a fresh machine (they run `make setup` first).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEPLOY_VENV ?= .venv-deploy
+IMAGES ?= ../shared/data/facial_emotion_images/test
+OUTPUT ?= predictions.csv
+CONFIG ?= trainer/configs/vgg_bn_aug.toml
+RUN ?= runs/vgg_bn_aug
+
+.PHONY: setup setup-deploy run test train export experiments bench validate deploy clean
+
+setup: $(VENV)/.installed setup-deploy
+
+$(VENV)/.installed: requirements/runtime.txt requirements/train.txt requirements/dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements/dev.txt
+	touch $@
+
+# SAM CLI pins boto3 exactly: it gets its own virtualenv, never the runtime's.
+setup-deploy: $(DEPLOY_VENV)/.installed
+
+$(DEPLOY_VENV)/.installed: requirements/deploy.txt
+	$(PYTHON) -m venv $(DEPLOY_VENV)
+	$(DEPLOY_VENV)/bin/pip install -q --upgrade pip
+	$(DEPLOY_VENV)/bin/pip install -q -r requirements/deploy.txt
+	touch $@
+
+run: $(VENV)/.installed
+	$(PY) -m batch_job run $(IMAGES) --output $(OUTPUT)
+	@$(PY) -m batch_job evaluate $(OUTPUT) 2>/dev/null || true
+
+test: setup
+	$(PY) -m pytest -q
+
+train: $(VENV)/.installed
+	$(PY) -m trainer run $(CONFIG)
+
+export: $(VENV)/.installed
+	$(PY) -m converter $(RUN) --output models/emotion.onnx
+
+clean:
+	rm -rf $(VENV) $(DEPLOY_VENV) .pytest_cache predictions.csv

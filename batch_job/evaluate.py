@@ -1,0 +1,31 @@
+"""Accuracy of a predictions CSV whose paths name their true class (e.g. test/happy/1.jpg or happy/1.jpg)."""
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from pathlib import PurePosixPath
+
+from batch_job.preprocessing import CLASSES
+
+
+def label_of(path: str) -> str | None:
+    """The last folder in the path that is a class name, if any."""
+    for part in reversed(PurePosixPath(path).parts[:-1]):
+        if part in CLASSES:
+            return part
+    return None
+
+
+def evaluate(csv_path: str) -> dict:
+    """Accuracy overall and per class, over rows whose path carries a label; error rows count as wrong."""
+    total, correct = Counter(), Counter()
+    with open(csv_path, newline="") as f:
+        for row in csv.DictReader(f):
+            label = label_of(row["path"])
+            if label is None:
+                continue
+            total[label] += 1
+            correct[label] += row["emotion"] == label
+    n = sum(total.values())
+    return {"images": n, "accuracy": sum(correct.values()) / n if n else None,
+            "per_class": {c: correct[c] / total[c] for c in CLASSES if total[c]}}
