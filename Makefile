@@ -42,3 +42,6 @@ export: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) $(DEPLOY_VENV) .pytest_cache predictions.csv
+
+bench: $(VENV)/.installed
+	$(PY) bench/run.py

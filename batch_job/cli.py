@@ -1,5 +1,7 @@
 """python -m batch_job run SOURCE... [--output DEST] [--model PATH] [--batch-size N]
 
+SOURCE and DEST may be local paths or s3:// URLs (s3://bucket/prefix, s3://bucket/key.jpg, s3://bucket/out.csv).
+
 Exit status: 0 every image scored; 3 some rows carry errors (the CSV is still complete);
 2 usage error; 1 fatal error (missing model, unreadable source). Errors are one line on stderr.
 """
@@ -30,10 +32,19 @@ class FatalError(RuntimeError):
 
 @contextmanager
 def open_output(dest: str) -> Iterator[IO[str]]:
-    """stdout for '-', else a temp file renamed into place only when the CSV is complete."""
+    """stdout for '-', else a temp file renamed into place (or uploaded to s3://) only when the CSV is complete."""
     if dest == "-":
         yield sys.stdout
         sys.stdout.flush()
+        return
+    if dest.startswith("s3://"):
+        from batch_job.s3 import DestinationError, csv_destination
+
+        try:
+            with csv_destination(dest) as out:
+                yield out
+        except DestinationError as error:
+            raise FatalError(str(error)) from None
         return
     target = Path(dest)
     if not target.parent.is_dir():
@@ -54,6 +65,10 @@ def score(sources: list[str], dest: str, model_path: str | None, batch_size: int
     from tqdm import tqdm
 
     model = EmotionModel(model_path)
+    if workers is None and any(source.startswith("s3://") for source in sources):
+        from batch_job.s3 import S3_WORKERS
+
+        workers = S3_WORKERS  # S3 fetches wait on the network: more threads than CPUs
     items = items_for(sources)
     first = next(items, None)
     if first is None:
@@ -75,13 +90,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="score a folder, image files, or several of them")
     run.add_argument("sources", nargs="+", metavar="SOURCE",
-                     help="image file or folder (searched recursively); several may be given")
+                     help="image file or folder (searched recursively), s3://bucket/prefix or "
+                          "s3://bucket/key.jpg; several may be given")
     run.add_argument("-o", "--output", default=DEFAULT_OUTPUT,
-                     help=f"CSV to write, '-' for stdout (default: {DEFAULT_OUTPUT})")
+                     help=f"CSV to write, s3://bucket/key.csv, or '-' for stdout (default: {DEFAULT_OUTPUT})")
     run.add_argument("--model", help=f"ONNX model (default: $MODEL_PATH or {default_model_path()})")
     run.add_argument("--batch-size", type=_positive, default=256, help="images per inference call (default 256)")
-    run.add_argument("--workers", type=_positive, help="decode/fetch threads (default: CPUs + 4)")
+    run.add_argument("--workers", type=_positive, help="decode/fetch threads (default: CPUs + 4; 32 with s3:// sources)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    cost = sub.add_parser("cost", help="estimate the cost of scoring N images on Lambda, Batch and a GPU")
+    cost.add_argument("--images", type=_positive, required=True, help="number of images")
+    cost.add_argument("--memory-mb", type=_positive, default=2048, help="Lambda memory (default 2048)")
+    cost.add_argument("--images-per-invocation", type=_positive, default=10,
+                      help="images per Lambda invocation (SQS batch size; default 10)")
+    cost.add_argument("--lambda-gb-second", type=float, help="price override, USD")
+    cost.add_argument("--s3-get-per-1000", type=float, help="price override, USD")
+    cost.add_argument("--json", action="store_true", help="print JSON instead of text")
     evaluate = sub.add_parser("evaluate", help="accuracy of a predictions CSV whose paths contain class folders")
     evaluate.add_argument("csv")
     return parser
@@ -113,10 +137,27 @@ def print_evaluation(csv_path: str) -> int:
     return EXIT_OK
 
 
+def print_cost(args: argparse.Namespace) -> int:
+    import json
+
+    from batch_job.cost import Prices, estimate, format_estimate
+
+    prices = Prices()
+    if args.lambda_gb_second is not None:
+        prices.lambda_gb_second = args.lambda_gb_second
+    if args.s3_get_per_1000 is not None:
+        prices.s3_get = args.s3_get_per_1000 / 1000
+    result = estimate(args.images, args.memory_mb, args.images_per_invocation, prices)
+    print(json.dumps(result, indent=2) if args.json else format_estimate(result))
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "evaluate":
         return print_evaluation(args.csv)
+    if args.command == "cost":
+        return print_cost(args)
     progress = sys.stderr.isatty() and not args.no_progress
     try:
         rows, errors, seconds = score(args.sources, args.output, args.model, args.batch_size, args.workers, progress)

