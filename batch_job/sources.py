@@ -45,6 +45,14 @@ def local_items(source: str, prefix_with_source: bool = False) -> Iterator[Item]
 
 
 def items_for(sources: list[str]) -> Iterator[Item]:
-    """Every input named on the command line, in order; several sources keep their own prefix."""
+    """Every input named on the command line, in order; several sources keep their own prefix.
+
+    s3://bucket/prefix and s3://bucket/key.jpg are listed lazily by batch_job.s3 (imported only when used).
+    """
     for source in sources:
-        yield from local_items(source, prefix_with_source=len(sources) > 1)
+        if source.startswith("s3://"):
+            from batch_job.s3 import s3_items
+
+            yield from s3_items(source, full_url=len(sources) > 1)
+        else:
+            yield from local_items(source, prefix_with_source=len(sources) > 1)

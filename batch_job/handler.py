@@ -1,0 +1,161 @@
+"""AWS Lambda entry point: a thin adapter from events (events.py) to the scoring pipeline.
+
+Environment: OUTPUT_BUCKET (required), OUTPUT_PREFIX (default 'predictions/'), MODEL_PATH (default: the
+model baked into the image, models/emotion.onnx). The model is loaded once per container, on the first
+invocation, and reused by every later one.
+
+Outputs, always exactly one CSV row per scored object (unreadable or corrupt objects get error rows):
+- SQS batch (the deployed path): one CSV per message, s3://$OUTPUT_BUCKET/$OUTPUT_PREFIX<bucket>/<key>.<id>.csv,
+  named after the upload (bucket, key, sequencer) so that retries and S3's duplicate deliveries overwrite it.
+  Messages that are not S3 notifications come back as {"batchItemFailures": [...]}; the others are scored.
+- S3 notification sent straight to the function: one CSV for the invocation, named the same way.
+- {"prefix": "s3://bucket/photos/", "output": "s3://bucket/key.csv"}: one CSV for every image under the
+  prefix (output defaults to s3://$OUTPUT_BUCKET/$OUTPUT_PREFIX<bucket>/<prefix>predictions.csv).
+  Bound by Lambda's 15 minutes: use AWS Batch (docs/cloud.md) for big folders.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import chain, islice
+from typing import Iterable, Mapping
+
+from batch_job import s3
+from batch_job.csv_output import write_csv
+from batch_job.events import (EventError, S3Object, event_kind, output_name, prefix_request, s3_objects,
+                              sqs_messages)
+from batch_job.model import EmotionModel
+from batch_job.pipeline import Prediction, predict
+
+DEFAULT_OUTPUT_PREFIX = "predictions/"
+
+_model: EmotionModel | None = None
+
+
+class ConfigError(RuntimeError):
+    """The function is deployed without the settings it needs."""
+
+
+@dataclass(frozen=True)
+class Config:
+    output_bucket: str
+    output_prefix: str = DEFAULT_OUTPUT_PREFIX
+    batch_size: int = 256
+    workers: int = s3.S3_WORKERS
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> "Config":
+        bucket = env.get("OUTPUT_BUCKET", "").strip()
+        if not bucket:
+            raise ConfigError("OUTPUT_BUCKET is not set: the function needs a bucket to write its CSVs to")
+        if bucket.startswith("s3://") or "/" in bucket:
+            raise ConfigError(f"OUTPUT_BUCKET must be a bucket name, not a URL or path: {bucket!r}")
+        return cls(bucket, env.get("OUTPUT_PREFIX", DEFAULT_OUTPUT_PREFIX))
+
+
+def get_model() -> EmotionModel:
+    """The container's model: loaded on first use, then kept for every later invocation."""
+    global _model
+    if _model is None:
+        _model = EmotionModel(os.environ.get("MODEL_PATH") or None)
+    return _model
+
+
+def score_objects(objects: Iterable[S3Object], model: EmotionModel, config: Config) -> list[Prediction]:
+    """One prediction per object, in order. Fetches run concurrently inside the pipeline's thread pool."""
+    items = [s3.object_item(o.bucket, o.key) for o in objects]
+    return list(predict(items, model, config.batch_size, config.workers)) if items else []
+
+
+def csv_text(predictions: Iterable[Prediction]) -> str:
+    out = io.StringIO()
+    for _ in write_csv(predictions, out):
+        pass
+    return out.getvalue()
+
+
+def _summary(output: str | None, predictions: list[Prediction]) -> dict:
+    return {"output": output, "rows": len(predictions), "errors": sum(bool(p.error) for p in predictions)}
+
+
+def handle_s3_event(event: dict, model: EmotionModel, config: Config) -> dict:
+    """An S3 notification invoking the function directly: one CSV for all its objects."""
+    objects = s3_objects(event)
+    if not objects:
+        return _summary(None, [])
+    predictions = score_objects(objects, model, config)
+    key = config.output_prefix + output_name(objects)
+    s3.put_text(config.output_bucket, key, csv_text(predictions))
+    return _summary(f"s3://{config.output_bucket}/{key}", predictions)
+
+
+def handle_sqs_event(event: dict, model: EmotionModel, config: Config) -> dict:
+    """An SQS batch: all objects are scored together, each message gets its own CSV, and the messages that
+    cannot be used (or whose CSV could not be written) are reported back to the queue for a retry."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    messages = sqs_messages(event)
+    failed = []
+    for message in messages:
+        if message.error:
+            failed.append(message.message_id)
+            _log(level="warning", messageId=message.message_id, error=message.error)
+    usable = [m for m in messages if m.objects and not m.error]
+    predictions = iter(score_objects(chain.from_iterable(m.objects for m in usable), model, config))
+    outputs = [(m, config.output_prefix + output_name(m.objects), list(islice(predictions, len(m.objects))))
+               for m in usable]
+    with ThreadPoolExecutor(max_workers=min(16, len(outputs)) or 1) as pool:
+        uploads = [(m, pool.submit(s3.put_text, config.output_bucket, key, csv_text(rows)))
+                   for m, key, rows in outputs]
+    written = 0
+    for message, upload in uploads:
+        try:
+            upload.result()
+            written += 1
+        except (ClientError, BotoCoreError) as error:
+            failed.append(message.message_id)
+            _log(level="error", messageId=message.message_id, error=f"cannot write CSV: {s3.describe(error)}")
+    _log(level="info", event="sqs", messages=len(messages), csvs=written, failed=len(failed),
+         rows=sum(len(rows) for _, _, rows in outputs),
+         errors=sum(bool(p.error) for _, _, rows in outputs for p in rows))
+    return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in failed]}
+
+
+def handle_prefix_event(event: dict, model: EmotionModel, config: Config) -> dict:
+    """{"prefix": "s3://bucket/photos/", "output": ...}: every image under the prefix into one CSV."""
+    source, output = prefix_request(event)
+    bucket, prefix = s3.parse_url(source)
+    output = output or f"s3://{config.output_bucket}/{config.output_prefix}{bucket}/{prefix}predictions.csv"
+    items = s3.s3_items(source)
+    first = next(items, None)
+    if first is None:
+        raise EventError(f"no image files found under {source}")
+    rows = errors = 0
+    with s3.csv_destination(output) as out:
+        for prediction in write_csv(predict(chain([first], items), model, config.batch_size, config.workers), out):
+            rows += 1
+            errors += bool(prediction.error)
+    return {"output": output, "rows": rows, "errors": errors}
+
+
+HANDLERS = {"s3": handle_s3_event, "sqs": handle_sqs_event, "prefix": handle_prefix_event}
+
+
+def handler(event: dict, context: object = None) -> dict:
+    """The Lambda entry point (image CMD: batch_job.handler.handler)."""
+    kind = event_kind(event)
+    if kind == "test":
+        return {"ignored": "s3:TestEvent"}
+    config = Config.from_env()
+    result = HANDLERS[kind](event, get_model(), config)
+    if kind != "sqs":
+        _log(level="info", event=kind, **result)
+    return result
+
+
+def _log(**fields: object) -> None:
+    """One JSON line per fact: CloudWatch Logs Insights can filter and count them."""
+    print(json.dumps(fields, ensure_ascii=False, default=str), flush=True)

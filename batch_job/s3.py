@@ -1,0 +1,192 @@
+"""S3 as a source (s3://bucket/prefix, s3://bucket/key.jpg) and as a destination (s3://bucket/key.csv).
+
+One boto3 client per process (clients are thread-safe once made): adaptive retries for throttling, a
+connection pool big enough for the fetch threads. Listing is lazy, page by page (1,000 keys a request),
+so 100k objects cost no more memory than 1,000. Fetching happens in pipeline.decoded()'s thread pool,
+which is why S3 sources get more workers by default. AWS_ENDPOINT_URL (moto, MinIO, LocalStack) is
+honoured by boto3 itself.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from contextlib import contextmanager
+from typing import IO, Iterator
+
+from batch_job.preprocessing import is_image_path
+from batch_job.sources import Item, SourceError
+
+SCHEME = "s3://"
+S3_WORKERS = 32  # fetch threads for S3 sources: requests are latency-bound, not CPU-bound
+MAX_POOL_CONNECTIONS = 64
+MAX_OBJECT_BYTES = 64 * 1024 * 1024  # far beyond any face photo; larger objects become error rows
+
+_client = None
+_client_lock = threading.Lock()
+
+
+class DestinationError(RuntimeError):
+    """The CSV cannot be written to S3 (bad URL, missing bucket, no permission): fatal for the run."""
+
+
+def is_s3_url(text: str) -> bool:
+    return text.startswith(SCHEME)
+
+
+def parse_url(url: str) -> tuple[str, str]:
+    """'s3://bucket/some/key' -> ('bucket', 'some/key'); the key may be empty (whole bucket)."""
+    if not is_s3_url(url):
+        raise ValueError(f"not an s3:// URL: {url}")
+    bucket, _, key = url[len(SCHEME):].partition("/")
+    if not bucket:
+        raise ValueError(f"no bucket in {url}")
+    return bucket, key
+
+
+def client():
+    """The process-wide S3 client (created on first use, then reused by every thread)."""
+    global _client
+    with _client_lock:
+        if _client is None:
+            import boto3
+            from botocore.config import Config
+
+            config = Config(retries={"mode": "adaptive", "max_attempts": 10},
+                            max_pool_connections=MAX_POOL_CONNECTIONS)
+            _client = boto3.client("s3", config=config)
+        return _client
+
+
+def reset_client() -> None:
+    """Forget the client (tests switch endpoints and credentials between cases)."""
+    global _client
+    with _client_lock:
+        _client = None
+
+
+def describe(error: Exception) -> str:
+    """A one-line reason for a boto3/botocore error: 'NoSuchBucket: The specified bucket does not exist'."""
+    response = getattr(error, "response", None)
+    if isinstance(response, dict) and response.get("Error"):
+        code = response["Error"].get("Code", "")
+        message = response["Error"].get("Message", "")
+        if code == "404" and not message:
+            message = "Not Found"
+        if code == "403" and not message:
+            message = "Forbidden"
+        return f"{code}: {message}" if message else str(code)
+    return str(error) or type(error).__name__
+
+
+def read_object(bucket: str, key: str) -> bytes:
+    """The object's bytes. Failures raise OSError, which the pipeline turns into the row's error."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        response = client().get_object(Bucket=bucket, Key=key)
+        size = response.get("ContentLength", 0)
+        if size > MAX_OBJECT_BYTES:
+            response["Body"].close()
+            raise OSError(f"object too large ({size} bytes, limit {MAX_OBJECT_BYTES})")
+        return response["Body"].read()
+    except (ClientError, BotoCoreError) as error:
+        raise OSError(describe(error)) from None
+
+
+def object_item(bucket: str, key: str, path: str | None = None) -> Item:
+    """One object as a pipeline item; nothing is fetched until the pipeline calls read()."""
+    return Item(key if path is None else path, lambda: read_object(bucket, key))
+
+
+def list_keys(bucket: str, prefix: str) -> Iterator[str]:
+    """Image keys under prefix in listing order (S3 lists keys sorted), one page at a time."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    pages = client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    try:
+        for page in pages:
+            for entry in page.get("Contents", ()):
+                key = entry["Key"]
+                if not key.endswith("/") and is_image_path(key):
+                    yield key
+    except (ClientError, BotoCoreError) as error:
+        raise SourceError(f"cannot list s3://{bucket}/{prefix}: {describe(error)}") from None
+
+
+def s3_items(url: str, full_url: bool = False) -> Iterator[Item]:
+    """s3://bucket/key.jpg (one object) or s3://bucket/prefix (every image key starting with prefix).
+
+    The CSV path is the full object key, or s3://bucket/key when `full_url` (several sources in one run).
+    A prefix means S3's prefix: s3://b/photos also lists photos-old/...; end it with '/' for one folder.
+    """
+    try:
+        bucket, key = parse_url(url)
+    except ValueError as error:
+        raise SourceError(str(error)) from None
+    if key and not key.endswith("/") and is_image_path(key):
+        _check_object(bucket, key)
+        keys: Iterator[str] = iter([key])
+    else:
+        keys = list_keys(bucket, key)
+    for found in keys:
+        yield object_item(bucket, found, f"{SCHEME}{bucket}/{found}" if full_url else found)
+
+
+def _check_object(bucket: str, key: str) -> None:
+    """A single object named on the command line must exist, like a local file (else exit status 1)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        client().head_object(Bucket=bucket, Key=key)
+    except (ClientError, BotoCoreError) as error:
+        raise SourceError(f"cannot read s3://{bucket}/{key}: {describe(error)}") from None
+
+
+def _check_destination(bucket: str, key: str) -> None:
+    """Fail before scoring, not after, when the output bucket does not exist. A 403 is let through:
+    a writer may have PutObject without ListBucket, and the upload itself will tell."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if not key or key.endswith("/"):
+        raise DestinationError(f"output needs an object key, e.g. s3://{bucket}/{key}predictions.csv")
+    try:
+        client().head_bucket(Bucket=bucket)
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") in ("403", "AccessDenied", "Forbidden"):
+            return
+        raise DestinationError(f"cannot write to s3://{bucket}/: {describe(error)}") from None
+    except BotoCoreError as error:
+        raise DestinationError(f"cannot write to s3://{bucket}/: {describe(error)}") from None
+
+
+def upload_file(path: str, url: str) -> None:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = parse_url(url)
+    try:
+        client().upload_file(path, bucket, key, ExtraArgs={"ContentType": "text/csv"})
+    except (ClientError, BotoCoreError) as error:
+        raise DestinationError(f"cannot upload {url}: {describe(error)}") from None
+
+
+@contextmanager
+def csv_destination(url: str) -> Iterator[IO[str]]:
+    """A local temp file to write the CSV into, uploaded to `url` only if the block completes."""
+    try:
+        bucket, key = parse_url(url)
+    except ValueError as error:
+        raise DestinationError(str(error)) from None
+    _check_destination(bucket, key)
+    fd, tmp = tempfile.mkstemp(prefix="predictions-", suffix=".csv")
+    try:
+        with os.fdopen(fd, "w", newline="") as out:
+            yield out
+        upload_file(tmp, url)
+    finally:
+        os.unlink(tmp)
+
+
+def put_text(bucket: str, key: str, text: str) -> None:
+    """Write a small CSV in one request (the Lambda handler's per-message output)."""
+    client().put_object(Bucket=bucket, Key=key, Body=text.encode("utf-8"), ContentType="text/csv")
