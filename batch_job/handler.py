@@ -5,10 +5,11 @@ model baked into the image, models/emotion.onnx). The model is loaded once per c
 invocation, and reused by every later one.
 
 Outputs, always exactly one CSV row per scored object (unreadable or corrupt objects get error rows):
-- SQS batch (the deployed path): one CSV per message, s3://$OUTPUT_BUCKET/$OUTPUT_PREFIX<bucket>/<key>.<id>.csv,
-  named after the upload (bucket, key, sequencer) so that retries and S3's duplicate deliveries overwrite it.
-  Messages that are not S3 notifications come back as {"batchItemFailures": [...]}; the others are scored.
-- S3 notification sent straight to the function: one CSV for the invocation, named the same way.
+- SQS batch (the deployed path) or an S3 notification sent straight to the function: one CSV per invocation,
+  named after the uploads it scores (bucket, key, sequencer; events.output_name): a retried invocation
+  overwrites its CSV instead of adding one. One upload: <OUTPUT_PREFIX><bucket>/<key>.<id>.csv; several:
+  <OUTPUT_PREFIX>batch-<id>.csv. SQS messages that are not S3 notifications come back as
+  {"batchItemFailures": [...]} (retried, then dead-lettered); the others are scored.
 - {"prefix": "s3://bucket/photos/", "output": "s3://bucket/key.csv"}: one CSV for every image under the
   prefix (output defaults to s3://$OUTPUT_BUCKET/$OUTPUT_PREFIX<bucket>/<prefix>predictions.csv).
   Bound by Lambda's 15 minutes: use AWS Batch (docs/cloud.md) for big folders.
@@ -18,9 +19,8 @@ from __future__ import annotations
 import io
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import chain, islice
+from itertools import chain
 from typing import Iterable, Mapping
 
 from batch_job import s3
@@ -83,7 +83,7 @@ def _summary(output: str | None, predictions: list[Prediction]) -> dict:
 
 def handle_s3_event(event: dict, model: EmotionModel, config: Config) -> dict:
     """An S3 notification invoking the function directly: one CSV for all its objects."""
-    objects = s3_objects(event)
+    objects = list(dict.fromkeys(s3_objects(event)))
     if not objects:
         return _summary(None, [])
     predictions = score_objects(objects, model, config)
@@ -93,8 +93,8 @@ def handle_s3_event(event: dict, model: EmotionModel, config: Config) -> dict:
 
 
 def handle_sqs_event(event: dict, model: EmotionModel, config: Config) -> dict:
-    """An SQS batch: all objects are scored together, each message gets its own CSV, and the messages that
-    cannot be used (or whose CSV could not be written) are reported back to the queue for a retry."""
+    """An SQS batch: the objects of all usable messages are scored into one CSV; the messages that cannot be
+    used (or all of them, if the CSV could not be written) are reported back to the queue for a retry."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     messages = sqs_messages(event)
@@ -104,23 +104,19 @@ def handle_sqs_event(event: dict, model: EmotionModel, config: Config) -> dict:
             failed.append(message.message_id)
             _log(level="warning", messageId=message.message_id, error=message.error)
     usable = [m for m in messages if m.objects and not m.error]
-    predictions = iter(score_objects(chain.from_iterable(m.objects for m in usable), model, config))
-    outputs = [(m, config.output_prefix + output_name(m.objects), list(islice(predictions, len(m.objects))))
-               for m in usable]
-    with ThreadPoolExecutor(max_workers=min(16, len(outputs)) or 1) as pool:
-        uploads = [(m, pool.submit(s3.put_text, config.output_bucket, key, csv_text(rows)))
-                   for m, key, rows in outputs]
-    written = 0
-    for message, upload in uploads:
+    objects = list(dict.fromkeys(chain.from_iterable(m.objects for m in usable)))  # S3 may deliver one twice
+    output = None
+    predictions: list[Prediction] = []
+    if objects:
+        predictions = score_objects(objects, model, config)
+        key = config.output_prefix + output_name(objects)
         try:
-            upload.result()
-            written += 1
+            s3.put_text(config.output_bucket, key, csv_text(predictions))
+            output = f"s3://{config.output_bucket}/{key}"
         except (ClientError, BotoCoreError) as error:
-            failed.append(message.message_id)
-            _log(level="error", messageId=message.message_id, error=f"cannot write CSV: {s3.describe(error)}")
-    _log(level="info", event="sqs", messages=len(messages), csvs=written, failed=len(failed),
-         rows=sum(len(rows) for _, _, rows in outputs),
-         errors=sum(bool(p.error) for _, _, rows in outputs for p in rows))
+            failed.extend(m.message_id for m in usable)
+            _log(level="error", error=f"cannot write CSV s3://{config.output_bucket}/{key}: {s3.describe(error)}")
+    _log(level="info", event="sqs", messages=len(messages), failed=len(failed), **_summary(output, predictions))
     return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in failed]}
 
 

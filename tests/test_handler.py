@@ -109,10 +109,9 @@ def test_sqs_batch_reports_exactly_the_malformed_message_and_scores_the_others(b
     result = handler(sqs_event(first, broken, test_event, second), None)
 
     assert result == {"batchItemFailures": [{"itemIdentifier": "m-2"}]}
-    keys = all_keys(buckets, OUT)
-    assert len(keys) == 2  # one CSV per usable message; nothing for the test event
-    paths = sorted(row["path"] for key in keys for row in read_csv(get_text(buckets, OUT, key)))
-    assert paths == ["uploads/Zoë.png", "uploads/happy face.png"]
+    key, rows = only_csv(buckets)  # one CSV for the invocation; nothing from the test event
+    assert key.startswith("predictions/batch-")
+    assert [row["path"] for row in rows] == ["uploads/happy face.png", "uploads/Zoë.png"]
 
 
 @pytest.mark.parametrize("body", ['{"hello": "world"}', "[1, 2]", "", '{"Records": [{"eventSource": "aws:s3"}]}',
@@ -124,22 +123,30 @@ def test_sqs_message_that_is_not_an_s3_notification_is_a_batch_item_failure(buck
     assert len(all_keys(buckets, OUT)) == 1
 
 
-def test_redelivered_sqs_message_overwrites_its_csv(buckets):
-    body = json.dumps(s3_event(upload(buckets, "uploads/a.png", image_bytes(1)),
-                               upload(buckets, "uploads/b.png", image_bytes(2), "00B")))
-    assert handler(sqs_event(sqs_record(body, "first-delivery")), None) == {"batchItemFailures": []}
-    # a retry comes back in another batch, and S3 may deliver the same notification twice (new messageId)
-    other = sqs_record(json.dumps(s3_event(upload(buckets, "uploads/c.png", image_bytes(3)))), "other")
-    assert handler(sqs_event(other, sqs_record(body, "second-delivery")), None) == {"batchItemFailures": []}
-    keys = all_keys(buckets, OUT)
-    assert len(keys) == 2
-    assert sorted(len(read_csv(get_text(buckets, OUT, key))) for key in keys) == [1, 2]
+def test_retried_sqs_batch_overwrites_its_csv_even_with_new_message_ids(buckets):
+    bodies = [json.dumps(s3_event(upload(buckets, f"uploads/{name}.png", image_bytes(i), f"0{i}")))
+              for i, name in enumerate("abc")]
+    first = handler(sqs_event(*[sqs_record(body, f"first-{i}") for i, body in enumerate(bodies)]), None)
+    # the same notifications received again (after a timeout), in another order, as new deliveries
+    again = handler(sqs_event(*[sqs_record(body, f"again-{i}") for i, body in enumerate(reversed(bodies))]), None)
+    assert first == again == {"batchItemFailures": []}
+    _, rows = only_csv(buckets)
+    assert sorted(row["path"] for row in rows) == ["uploads/a.png", "uploads/b.png", "uploads/c.png"]
+
+
+def test_notification_delivered_twice_in_one_batch_gets_one_row(buckets):
+    body = json.dumps(s3_event(upload(buckets, "uploads/a.png", image_bytes(1))))
+    other = json.dumps(s3_event(upload(buckets, "uploads/b.png", image_bytes(2), "00B")))
+    handler(sqs_event(sqs_record(body, "m-1"), sqs_record(other, "m-2"), sqs_record(body, "m-3")), None)
+    _, rows = only_csv(buckets)
+    assert [row["path"] for row in rows] == ["uploads/a.png", "uploads/b.png"]
 
 
 def test_sqs_messages_whose_csv_cannot_be_written_are_reported_for_retry(buckets):
     body = json.dumps(s3_event(upload(buckets, "uploads/a.png", image_bytes(1))))
+    test_event = sqs_record(S3_TEST_EVENT_BODY, "m-3")
     buckets.delete_bucket(Bucket=OUT)
-    result = handler(sqs_event(sqs_record(body, "m-1"), sqs_record("not json", "m-2")), None)
+    result = handler(sqs_event(sqs_record(body, "m-1"), sqs_record("not json", "m-2"), test_event), None)
     assert sorted(f["itemIdentifier"] for f in result["batchItemFailures"]) == ["m-1", "m-2"]
 
 
