@@ -145,3 +145,13 @@ def test_destination_must_name_an_object(aws):
 def test_bad_s3_url_is_a_source_error(aws):
     with pytest.raises(SourceError):
         list(items_for(["s3:///no-bucket"]))
+
+
+def test_access_denied_when_listing_is_a_source_error(aws):
+    from botocore.stub import Stubber
+
+    with Stubber(s3.client()) as stub:
+        stub.add_client_error("list_objects_v2", service_error_code="AccessDenied", service_message="Access Denied",
+                              http_status_code=403)
+        with pytest.raises(SourceError, match=r"^cannot list s3://locked/photos/: AccessDenied: Access Denied$"):
+            list(items_for(["s3://locked/photos/"]))
