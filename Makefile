@@ -8,7 +8,7 @@ OUTPUT ?= predictions.csv
 CONFIG ?= trainer/configs/vgg_bn_aug.toml
 RUN ?= runs/vgg_bn_aug
 
-.PHONY: setup setup-deploy run test train export experiments bench validate deploy clean
+.PHONY: setup setup-deploy run test train export bench validate deploy clean
 
 setup: $(VENV)/.installed setup-deploy
 
@@ -45,3 +45,11 @@ clean:
 
 bench: $(VENV)/.installed
 	$(PY) bench/run.py
+
+# Offline checks of template.yaml: sam validate --lint and cfn-lint (no Docker, no AWS account needed).
+validate: setup-deploy
+	bash infra/validate.sh
+
+# sam build (needs Docker) + sam deploy (needs AWS credentials); see docs/cloud.md.
+deploy: setup-deploy
+	bash infra/deploy.sh

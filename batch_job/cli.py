@@ -101,8 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     cost = sub.add_parser("cost", help="estimate the cost of scoring N images on Lambda, Batch and a GPU")
     cost.add_argument("--images", type=_positive, required=True, help="number of images")
     cost.add_argument("--memory-mb", type=_positive, default=2048, help="Lambda memory (default 2048)")
-    cost.add_argument("--images-per-invocation", type=_positive, default=10,
-                      help="images per Lambda invocation (SQS batch size; default 10)")
+    cost.add_argument("--images-per-invocation", type=_positive, default=100,
+                      help="images per Lambda invocation (the template's SQS batch size; default 100)")
     cost.add_argument("--lambda-gb-second", type=float, help="price override, USD")
     cost.add_argument("--s3-get-per-1000", type=float, help="price override, USD")
     cost.add_argument("--json", action="store_true", help="print JSON instead of text")

@@ -43,7 +43,7 @@ class Throughput:
             return cls()
 
 
-def estimate(images: int, memory_mb: int = 2048, images_per_invocation: int = 10, prices: Prices = Prices(),
+def estimate(images: int, memory_mb: int = 2048, images_per_invocation: int = 100, prices: Prices = Prices(),
              throughput: Throughput | None = None, fargate_vcpus: int = 2, fargate_gb: int = 4,
              gpu_images_per_second: float | None = None) -> dict:
     """Costs in USD by platform and by part (compute, requests, S3)."""
