@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,8 @@ class TrainConfig:
     name: str
     model: str
     model_args: dict = field(default_factory=dict)
+    note: str = ""  # shown in the results table, e.g. "from scratch: ImageNet weights unavailable"
+    reference: str = ""  # the reference study's row this run reproduces (results table); default: the name
     channels: int = 1  # 1 = grayscale input, 3 = RGB (the gray image repeated, as the reference study did)
     batch_size: int = 64
     epochs: int = 30
@@ -36,9 +40,11 @@ class TrainConfig:
     schedule: str = "plateau"
     early_stopping_patience: int = 8
     label_smoothing: float = 0.0
+    mixup: float = 0.0  # Beta(alpha, alpha) mixup of training batches; 0 = off
     balance: str = "none"
     augment: Augment = field(default_factory=Augment)
     drop_test_duplicates: bool = True  # never train or select on a copy of a test image
+    drop_near_duplicates: bool = False  # also drop near copies of test images (trainer/dedup.py; ~15 s more)
     seed: int = 42
     steps_per_epoch: int | None = None  # None = one pass over the training data; small numbers for CI
     train_limit: int | None = None  # use only this many training images (CI)
@@ -71,26 +77,66 @@ def config_from_dict(raw: dict, source: str = "<dict>") -> TrainConfig:
     return config
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_model_args(config: TrainConfig, builder) -> list[str]:
+    """model_args must be parameters of the builder; transfer models' weights must be 'imagenet' or 'none'."""
+    accepted = [p for p in inspect.signature(builder).parameters if p not in ("input_shape", "num_classes")]
+    problems = [f"model_args.{key} is not an argument of {config.model} (accepted: {', '.join(accepted)})"
+                for key in sorted(set(config.model_args) - set(accepted))]
+    if "weights" in config.model_args and config.model_args["weights"] not in ("imagenet", "none"):
+        problems.append("model_args.weights must be \"imagenet\" or \"none\"")
+    if "trainable" in config.model_args and not isinstance(config.model_args["trainable"], bool):
+        problems.append("model_args.trainable must be true or false")
+    return problems
+
+
 def _check(config: TrainConfig, source: str) -> None:
     from trainer.models import BUILDERS  # late import: models pulls in keras
 
     problems = []
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", config.name):
+        problems.append("name must be letters, digits, '_', '-' or '.' (it names the run folder)")
     if config.model not in BUILDERS:
         problems.append(f"model '{config.model}' is not one of {', '.join(sorted(BUILDERS))}")
+    elif isinstance(config.model_args, dict):
+        problems += _check_model_args(config, BUILDERS[config.model])
     if config.channels not in (1, 3):
         problems.append("channels must be 1 (grayscale) or 3 (RGB)")
     if config.balance not in BALANCE_CHOICES:
         problems.append(f"balance must be one of {', '.join(BALANCE_CHOICES)}")
     if config.schedule not in SCHEDULE_CHOICES:
         problems.append(f"schedule must be one of {', '.join(SCHEDULE_CHOICES)}")
-    for key in ("batch_size", "epochs"):
+    for key in ("batch_size", "epochs", "early_stopping_patience", "seed"):
         value = getattr(config, key)
-        if not isinstance(value, int) or value < 1:
+        if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key == "seed" else 1):
             problems.append(f"{key} must be a positive integer")
-    if not isinstance(config.learning_rate, (int, float)) or config.learning_rate <= 0:
+    for key in ("steps_per_epoch", "train_limit"):
+        value = getattr(config, key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            problems.append(f"{key} must be a positive integer")
+    if not _is_number(config.learning_rate) or config.learning_rate <= 0:
         problems.append("learning_rate must be a positive number")
-    if not 0 <= config.label_smoothing < 1:
+    if not _is_number(config.weight_decay) or config.weight_decay < 0:
+        problems.append("weight_decay must be a number >= 0")
+    if not _is_number(config.label_smoothing) or not 0 <= config.label_smoothing < 1:
         problems.append("label_smoothing must be in [0, 1)")
+    if not _is_number(config.mixup) or config.mixup < 0:
+        problems.append("mixup must be a number >= 0 (the Beta distribution's alpha; 0 = off)")
+    for key in ("drop_test_duplicates", "drop_near_duplicates"):
+        if not isinstance(getattr(config, key), bool):
+            problems.append(f"{key} must be true or false")
+    for key in ("note", "reference"):
+        if not isinstance(getattr(config, key), str):
+            problems.append(f"{key} must be a string")
+    if not isinstance(config.augment.flip, bool):
+        problems.append("augment.flip must be true or false")
+    for key in ("shift", "rotation", "zoom", "contrast"):
+        value = getattr(config.augment, key)
+        if not _is_number(value) or not 0 <= value < 1:
+            problems.append(f"augment.{key} must be a number in [0, 1)")
     if not isinstance(config.model_args, dict):
         problems.append("model_args must be a table")
     if problems:

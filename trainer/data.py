@@ -54,13 +54,28 @@ def list_split(root: Path, split: str) -> Split:
     return Split(paths, np.array(labels, dtype=np.int64), digests)
 
 
-def load_splits(root: Path, drop_test_duplicates: bool = True) -> dict[str, Split]:
+def load_splits(root: Path, drop_test_duplicates: bool = True, drop_near_duplicates: bool = False) -> dict[str, Split]:
+    """The three splits; optionally without the train/validation images that copy a test image.
+
+    drop_test_duplicates: byte-identical copies. drop_near_duplicates: also near copies (re-encoded, shifted by a
+    pixel or two; see trainer/dedup.py), which costs one extra decode of every image (about 10-20 s).
+    """
     splits = {name: list_split(root, name) for name in SPLITS}
     test_digests = set(splits["test"].digests)
-    if drop_test_duplicates:
+    if drop_test_duplicates or drop_near_duplicates:
         for name in ("train", "validation"):
             split = splits[name]
             splits[name] = split.subset(np.array([d not in test_digests for d in split.digests], dtype=bool))
+    if drop_near_duplicates:
+        from trainer import dedup
+
+        test_pixels = load_pixels(splits["test"].paths)
+        for name in ("train", "validation"):
+            split = splits[name]
+            pairs = dedup.near_duplicate_pairs(test_pixels, load_pixels(split.paths))
+            keep = np.ones(len(split), dtype=bool)
+            keep[pairs[:, 1].astype(int)] = False
+            splits[name] = split.subset(keep)
     return splits
 
 

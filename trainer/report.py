@@ -25,6 +25,21 @@ def scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
             "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)), "n": int(len(y_true))}
 
 
+def markdown_table(frame: pd.DataFrame, floatfmt: str = "{:.4f}") -> str:
+    """A GitHub Markdown table (no tabulate dependency); floats formatted, missing values blank."""
+    def cell(value) -> str:
+        if value is None or (np.isscalar(value) and pd.isna(value)):
+            return ""
+        if isinstance(value, (float, np.floating)):
+            return floatfmt.format(value)
+        return str(value).replace("|", "\\|")
+
+    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *rows])
+
+
 def plot_learning_curves(history_csv: Path, out: Path) -> None:
     history = pd.read_csv(history_csv)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))

@@ -52,6 +52,19 @@ def augmenter(config: TrainConfig):
     return keras.Sequential(steps, name="augment") if steps else None
 
 
+def mixup(images, labels, alpha: float):
+    """Mix each image and one-hot label with another of the batch, weight lambda ~ Beta(alpha, alpha)."""
+    import tensorflow as tf
+
+    n = tf.shape(images)[0]
+    a, b = tf.random.gamma([n], alpha), tf.random.gamma([n], alpha)
+    lam = a / (a + b)
+    partner = tf.random.shuffle(tf.range(n))
+    lam_x, lam_y = tf.reshape(lam, [-1, 1, 1, 1]), tf.reshape(lam, [-1, 1])
+    return (images * lam_x + tf.gather(images, partner) * (1 - lam_x),
+            labels * lam_y + tf.gather(labels, partner) * (1 - lam_y))
+
+
 def train_dataset(x: np.ndarray, y: np.ndarray, config: TrainConfig):
     import tensorflow as tf
 
@@ -62,6 +75,8 @@ def train_dataset(x: np.ndarray, y: np.ndarray, config: TrainConfig):
     aug = augmenter(config)
     if aug is not None:
         ds = ds.map(lambda a, b: (aug(a, training=True), b), num_parallel_calls=tf.data.AUTOTUNE)
+    if config.mixup:
+        ds = ds.map(lambda a, b: mixup(a, b, config.mixup), num_parallel_calls=tf.data.AUTOTUNE)
     if config.steps_per_epoch:
         ds = ds.repeat()
     return ds.prefetch(tf.data.AUTOTUNE)
@@ -87,18 +102,21 @@ def run(config: TrainConfig, data_root: str | None = None, runs_dir: Path = RUNS
     from trainer.models import build_model
 
     keras.utils.set_random_seed(config.seed)
+    root = dataset.data_dir(data_root)
+    model = build_model(  # first: a missing ImageNet weights file fails here, before any run folder or data
+        config.model, (INPUT_SIZE, INPUT_SIZE, config.channels), len(CLASSES), **config.model_args)
     run_dir = Path(runs_dir) / config.name
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
 
-    root = dataset.data_dir(data_root)
-    splits = dataset.load_splits(root, config.drop_test_duplicates)
+    splits = dataset.load_splits(root, config.drop_test_duplicates, config.drop_near_duplicates)
     rng = np.random.default_rng(config.seed)
     train = splits["train"]
     if config.train_limit:
         train = train.subset(np.isin(np.arange(len(train)), rng.permutation(len(train))[: config.train_limit]))
     print(f"[{config.name}] data {root}: train {len(train)}, validation {len(splits['validation'])}, "
-          f"test {len(splits['test'])} (test duplicates dropped: {config.drop_test_duplicates})", flush=True)
+          f"test {len(splits['test'])} (copies of test images dropped: {config.drop_test_duplicates}, "
+          f"near copies too: {config.drop_near_duplicates})", flush=True)
     x = {name: dataset.load_pixels(split.paths, config.channels)
          for name, split in (("train", train), ("validation", splits["validation"]), ("test", splits["test"]))}
     y = {"train": train.labels, "validation": splits["validation"].labels, "test": splits["test"].labels}
@@ -107,8 +125,6 @@ def run(config: TrainConfig, data_root: str | None = None, runs_dir: Path = RUNS
     ds = train_dataset(x["train"][idx], y["train"][idx], config)
     val_ds = (x["validation"].astype(np.float32), np.eye(len(CLASSES), dtype=np.float32)[y["validation"]])
 
-    model = build_model(
-        config.model, (INPUT_SIZE, INPUT_SIZE, config.channels), len(CLASSES), **config.model_args)
     model.compile(
         optimizer=keras.optimizers.AdamW(config.learning_rate, weight_decay=config.weight_decay or None)
         if config.weight_decay else keras.optimizers.Adam(config.learning_rate),
