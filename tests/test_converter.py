@@ -61,7 +61,6 @@ def test_export_embeds_a_model_card_the_runtime_reads(small_keras_model, tmp_pat
 
 
 @needs_data
-@pytest.mark.skipif(not (REPO / "models" / "emotion.keras").is_file(), reason="no shipped Keras model")
 def test_shipped_onnx_matches_shipped_keras_model_on_real_images():
     model = keras.models.load_model(REPO / "models" / "emotion.keras", compile=False)
     onnx_bytes = (REPO / "models" / "emotion.onnx").read_bytes()

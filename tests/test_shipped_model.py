@@ -16,7 +16,12 @@ from tests.conftest import REPO, SHARED_DATA, SHIPPED_MODEL, needs_data
 
 REFERENCE_TEST_ACCURACY = 0.6797
 
-pytestmark = [needs_data, pytest.mark.skipif(not SHIPPED_MODEL.is_file(), reason="no shipped model")]
+pytestmark = needs_data
+
+
+def test_the_model_ships_with_the_repository():
+    assert SHIPPED_MODEL.is_file() and SHIPPED_MODEL.stat().st_size < 10_000_000
+    assert SHIPPED_MODEL.with_suffix(".keras").is_file()
 
 
 @pytest.fixture(scope="module")
