@@ -42,14 +42,15 @@ class ModelCard:
 class EmotionModel:
     """Load once (per process, per Lambda container) and call predict() on batches."""
 
-    def __init__(self, path: str | os.PathLike | None = None, threads: int | None = None):
+    def __init__(self, path: str | os.PathLike | None = None, threads: int = 1):
+        """threads: onnxruntime intra-op threads per call; the pipeline runs CPUs // threads calls at once."""
         self.path = Path(path) if path else default_model_path()
+        self.threads = threads
         if not self.path.is_file():
             raise ModelError(f"model file not found: {self.path}")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
+        options.intra_op_num_threads = threads
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as error:  # onnxruntime raises its own exception types for bad files

@@ -9,6 +9,7 @@ import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -52,30 +53,42 @@ def decoded(items: Iterable[Item], decode: Callable[[Item], np.ndarray | str], w
             yield done, future.result()
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (honours taskset and container CPU sets, unlike os.cpu_count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _score_batch(batch: list[tuple[Item, np.ndarray | str]], model: EmotionModel) -> list[Prediction]:
+    """Run the model once on the decodable items of a batch; keep error rows in their place."""
+    good = [result for _, result in batch if not isinstance(result, str)]
+    probs = iter(model.predict(np.stack(good))) if good else iter(())
+    return [Prediction(item.path, None, result) if isinstance(result, str) else Prediction(item.path, next(probs))
+            for item, result in batch]
+
+
+def _batches(pairs: Iterable, size: int) -> Iterator[list]:
+    iterator = iter(pairs)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
+
 def predict(items: Iterable[Item], model: EmotionModel, batch_size: int = 256,
             workers: int | None = None) -> Iterator[Prediction]:
-    """One Prediction per item, in input order."""
+    """One Prediction per item, in input order.
+
+    Several batches run at once, each on `model.threads` onnxruntime threads (one by default), so every core
+    does whole batches: no core waits at a parallel-for barrier while another is busy decoding.
+    """
     size, channels = model.card.input_size, model.card.channels
-    workers = workers or min(32, (os.cpu_count() or 1) + 4)
-    buffer = np.empty((batch_size, size, size, channels), dtype=np.uint8)
-    batch: list[tuple[Item, np.ndarray | str]] = []
-
-    def flush() -> Iterator[Prediction]:
-        good = [i for i, (_, result) in enumerate(batch) if not isinstance(result, str)]
-        for slot, i in enumerate(good):
-            buffer[slot] = batch[i][1]
-        probs = model.predict(buffer[: len(good)]) if good else None
-        slot_of = {i: slot for slot, i in enumerate(good)}
-        for i, (item, result) in enumerate(batch):
-            if isinstance(result, str):
-                yield Prediction(item.path, None, result)
-            else:
-                yield Prediction(item.path, probs[slot_of[i]])
-        batch.clear()
-
-    for pair in decoded(items, lambda item: _decode(item, size, channels), workers, lookahead=2 * batch_size):
-        batch.append(pair)
-        if len(batch) == batch_size:
-            yield from flush()
-    if batch:
-        yield from flush()
+    cpus = usable_cpus()
+    parallel = max(1, cpus // model.threads)
+    workers = workers or min(32, cpus + 4)
+    pairs = decoded(items, lambda item: _decode(item, size, channels), workers, lookahead=(parallel + 1) * batch_size)
+    pending: deque[Future] = deque()
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        for batch in _batches(pairs, batch_size):
+            pending.append(pool.submit(_score_batch, batch, model))
+            if len(pending) > parallel:
+                yield from pending.popleft().result()
+        while pending:
+            yield from pending.popleft().result()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 from pathlib import Path
@@ -67,7 +66,6 @@ def main() -> None:
         "images": len(paths), "seconds": seconds, "images_per_second": len(paths) / seconds,
         "accuracy": float((probs.argmax(1) == labels).mean()),
         "cold_start_seconds": first_prediction - (args.started or PROCESS_START),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }))
 
 

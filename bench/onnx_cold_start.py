@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import time
 from pathlib import Path
@@ -16,5 +15,4 @@ from batch_job.preprocessing import load_image  # noqa: E402
 started = float(sys.argv[2]) if len(sys.argv) > 2 else PROCESS_START
 model = EmotionModel()
 model.predict(load_image(sys.argv[1])[None])
-print(json.dumps({"cold_start_seconds": time.time() - started,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+print(json.dumps({"cold_start_seconds": time.time() - started,}))
