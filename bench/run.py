@@ -155,37 +155,52 @@ def bench_cold_start(image: Path) -> dict:
     return result
 
 
-def bench_s3(folder: Path, objects: int) -> dict:
-    """The CLI over an s3:// prefix on moto's server (127.0.0.1), one fetch thread vs the default pool."""
+def bench_s3(folder: Path, objects: int, delays_ms=(0, 20)) -> dict:
+    """The CLI over an s3:// prefix on moto's server (127.0.0.1), one fetch thread vs the default pool, with
+    no added latency and with a real-S3-like delay per GetObject (bench/s3_latency_server.py)."""
+    import socket
+
     import boto3
     from concurrent.futures import ThreadPoolExecutor
-    from moto.server import ThreadedMotoServer
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "bench",
-               "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
-        s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
-                          aws_access_key_id="bench", aws_secret_access_key="bench")
-        s3.create_bucket(Bucket="bench")
-        paths = sorted(folder.glob("*/*.jpg"))[:objects]
-        with ThreadPoolExecutor(16) as pool:
-            list(pool.map(lambda p: s3.put_object(Bucket="bench", Key=f"in/{p.parent.name}/{p.name}",
-                                                  Body=p.read_bytes()), paths))
-        result = {"objects": len(paths)}
-        for name, workers in (("sequential", ["--workers", "1"]), ("concurrent", [])):
-            _, err, wall, _ = run_measured([sys.executable, "-m", "batch_job", "run", "s3://bench/in/", "-o",
-                                            f"s3://bench/out/{name}.csv", "--no-progress", *workers], env=env)
-            match = re.search(r"in ([\d.]+) s, (\d+) images/s", err)
-            result[name] = {"seconds": float(match[1]), "objects_per_second": float(match[2])}
-            log(f"S3 {name}: {match[2]} objects/s")
-        result["speedup"] = round(result["concurrent"]["objects_per_second"]
-                                  / result["sequential"]["objects_per_second"], 2)
-        return result
-    finally:
-        server.stop()
+    paths = sorted(folder.glob("*/*.jpg"))[:objects]
+    result = {"objects": len(paths)}
+    for delay in delays_ms:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        server = subprocess.Popen([sys.executable, "bench/s3_latency_server.py", str(port), str(delay / 1000)],
+                                  cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            endpoint = f"http://127.0.0.1:{port}"
+            for _ in range(100):
+                try:
+                    socket.create_connection(("127.0.0.1", port), 0.2).close()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+            env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+                   "AWS_DEFAULT_REGION": "us-east-1"}
+            s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bench",
+                              aws_secret_access_key="bench")
+            s3.create_bucket(Bucket="bench")
+            with ThreadPoolExecutor(16) as pool:
+                list(pool.map(lambda p: s3.put_object(Bucket="bench", Key=f"in/{p.parent.name}/{p.name}",
+                                                      Body=p.read_bytes()), paths))
+            runs = {}
+            for name, workers in (("sequential", ["--workers", "1"]), ("concurrent", [])):
+                _, err, _, _ = run_measured([sys.executable, "-m", "batch_job", "run", "s3://bench/in/", "-o",
+                                             f"s3://bench/out/{name}.csv", "--no-progress", *workers], env=env)
+                match = re.search(r"in ([\d.]+) s, (\d+) images/s", err)
+                runs[name] = {"seconds": float(match[1]), "objects_per_second": float(match[2])}
+            runs["speedup"] = round(runs["concurrent"]["objects_per_second"] / runs["sequential"]["objects_per_second"], 2)
+            result[f"delay_{delay}ms"] = runs
+            log(f"S3, {delay} ms per GET: sequential {runs['sequential']['objects_per_second']:.0f}, concurrent "
+                f"{runs['concurrent']['objects_per_second']:.0f} objects/s")
+        finally:
+            server.terminate()
+            server.wait()
+    return result
 
 
 def bench_int8(model_path: Path, calibration: np.ndarray, validation: tuple[np.ndarray, np.ndarray]) -> dict:
@@ -267,9 +282,11 @@ def markdown(results: dict) -> str:
         lines += [f"| {name} | {r['cold_start_seconds']:.2f} | {r['peak_rss_mb']:.0f} |" for name, r in cold.items()]
     if "s3" in results:
         s3 = results["s3"]
-        lines += ["", f"S3 via moto server on 127.0.0.1, {s3['objects']} objects: sequential "
-                      f"{s3['sequential']['objects_per_second']:.0f} objects/s, concurrent "
-                      f"{s3['concurrent']['objects_per_second']:.0f} objects/s ({s3['speedup']}x)."]
+        lines += ["", f"| S3 through moto's server on 127.0.0.1, {s3['objects']} objects | sequential objects/s | "
+                      "concurrent objects/s | speed-up |", "|---|---:|---:|---:|"]
+        lines += [f"| {key.replace('delay_', '').replace('ms', ' ms')} added per GetObject | "
+                  f"{r['sequential']['objects_per_second']:.0f} | {r['concurrent']['objects_per_second']:.0f} | "
+                  f"{r['speedup']}x |" for key, r in s3.items() if key.startswith("delay_")]
     if "cost_per_million" in results:
         lines += ["", "| cost per million images (USD) | total | dominated by |", "|---|---:|---|"]
         lines += [f"| {k} | {v['total']:.3f} | {v['dominant']} |" for k, v in results["cost_per_million"].items()]
