@@ -8,7 +8,6 @@ Exit status: 0 every image scored; 3 some rows carry errors (the CSV is still co
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import sys
 import tempfile
@@ -17,10 +16,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
 
-from batch_job.csv_output import write_csv
+from batch_job.csv_output import write_all
 from batch_job.model import EmotionModel, ModelError, default_model_path
 from batch_job.pipeline import predict
-from batch_job.sources import SourceError, items_for
+from batch_job.sources import SourceError, items_for, non_empty
 
 DEFAULT_OUTPUT = "predictions.csv"
 EXIT_OK, EXIT_FATAL, EXIT_USAGE, EXIT_SOME_ERRORS = 0, 1, 2, 3
@@ -69,18 +68,14 @@ def score(sources: list[str], dest: str, model_path: str | None, batch_size: int
         from batch_job.s3 import S3_WORKERS
 
         workers = S3_WORKERS  # S3 fetches wait on the network: more threads than CPUs
-    items = items_for(sources)
-    first = next(items, None)
-    if first is None:
+    items = non_empty(items_for(sources))
+    if items is None:
         raise FatalError(f"no image files found in {' '.join(sources)}")
     total = sum(1 for _ in items_for(sources)) if progress else None
     started = time.perf_counter()
-    rows = errors = 0
     with open_output(dest) as out:
-        predictions = write_csv(predict(itertools.chain([first], items), model, batch_size, workers), out)
-        for prediction in tqdm(predictions, total=total, unit="img", disable=not progress, file=sys.stderr):
-            rows += 1
-            errors += bool(prediction.error)
+        rows, errors = write_all(predict(items, model, batch_size, workers), out, lambda stream: tqdm(
+            stream, total=total, unit="img", disable=not progress, file=sys.stderr))
     return rows, errors, time.perf_counter() - started
 
 

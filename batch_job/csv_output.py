@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import csv
-from typing import IO, Iterable, Iterator
+from typing import IO, Callable, Iterable, Iterator
 
 from batch_job.pipeline import Prediction
 from batch_job.preprocessing import CLASSES
@@ -25,3 +25,13 @@ def write_csv(predictions: Iterable[Prediction], out: IO[str]) -> Iterator[Predi
     for prediction in predictions:
         writer.writerow(to_row(prediction))
         yield prediction
+
+
+def write_all(predictions: Iterable[Prediction], out: IO[str],
+              watch: Callable[[Iterator[Prediction]], Iterable[Prediction]] = iter) -> tuple[int, int]:
+    """Write the whole CSV; returns (rows, error rows). `watch` wraps the stream (e.g. a progress bar)."""
+    rows = errors = 0
+    for prediction in watch(write_csv(predictions, out)):
+        rows += 1
+        errors += bool(prediction.error)
+    return rows, errors

@@ -24,11 +24,12 @@ from itertools import chain
 from typing import Iterable, Mapping
 
 from batch_job import s3
-from batch_job.csv_output import write_csv
+from batch_job.csv_output import write_all
 from batch_job.events import (EventError, S3Object, event_kind, output_name, prefix_request, s3_objects,
                               sqs_messages)
 from batch_job.model import EmotionModel
 from batch_job.pipeline import Prediction, predict
+from batch_job.sources import non_empty
 
 DEFAULT_OUTPUT_PREFIX = "predictions/"
 
@@ -72,8 +73,7 @@ def score_objects(objects: Iterable[S3Object], model: EmotionModel, config: Conf
 
 def csv_text(predictions: Iterable[Prediction]) -> str:
     out = io.StringIO()
-    for _ in write_csv(predictions, out):
-        pass
+    write_all(predictions, out)
     return out.getvalue()
 
 
@@ -125,15 +125,11 @@ def handle_prefix_event(event: dict, model: EmotionModel, config: Config) -> dic
     source, output = prefix_request(event)
     bucket, prefix = s3.parse_url(source)
     output = output or f"s3://{config.output_bucket}/{config.output_prefix}{bucket}/{prefix}predictions.csv"
-    items = s3.s3_items(source)
-    first = next(items, None)
-    if first is None:
+    items = non_empty(s3.s3_items(source))
+    if items is None:
         raise EventError(f"no image files found under {source}")
-    rows = errors = 0
     with s3.csv_destination(output) as out:
-        for prediction in write_csv(predict(chain([first], items), model, config.batch_size, config.workers), out):
-            rows += 1
-            errors += bool(prediction.error)
+        rows, errors = write_all(predict(items, model, config.batch_size, config.workers), out)
     return {"output": output, "rows": rows, "errors": errors}
 
 

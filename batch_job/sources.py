@@ -1,10 +1,11 @@
 """Where images come from: each input becomes an Item with a display path and a way to read its bytes."""
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from batch_job.preprocessing import is_image_path
 
@@ -56,3 +57,10 @@ def items_for(sources: list[str]) -> Iterator[Item]:
             yield from s3_items(source, full_url=len(sources) > 1)
         else:
             yield from local_items(source, prefix_with_source=len(sources) > 1)
+
+
+def non_empty(items: Iterable[Item]) -> Iterator[Item] | None:
+    """The same items, or None when there are none: checked before any output is opened."""
+    iterator = iter(items)
+    first = next(iterator, None)
+    return None if first is None else itertools.chain([first], iterator)

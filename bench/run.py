@@ -24,6 +24,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from batch_job.evaluate import evaluate  # noqa: E402
 from batch_job.model import EmotionModel, default_model_path  # noqa: E402
 from batch_job.preprocessing import CLASSES  # noqa: E402
 from trainer.data import data_dir, list_split, load_pixels  # noqa: E402
@@ -95,9 +96,7 @@ def bench_end_to_end(folders: list[Path], model_path: Path, cpus: str | None = N
     with tempfile.TemporaryDirectory() as tmp:
         out, err, wall, rss = run_measured([sys.executable, "-m", "batch_job", "run", *map(str, folders), "-o",
                                             f"{tmp}/p.csv", "--model", str(model_path), "--no-progress"], cpus=cpus)
-        accuracy = json.loads(subprocess.run([sys.executable, "-c", (
-            "import json,sys; from batch_job.evaluate import evaluate; print(json.dumps(evaluate(sys.argv[1])))"),
-            f"{tmp}/p.csv"], cwd=REPO, capture_output=True, text=True, check=True).stdout)["accuracy"]
+        accuracy = evaluate(f"{tmp}/p.csv")["accuracy"]
     match = re.search(r"scored (\d+) images \((\d+) errors\) in ([\d.]+) s, (\d+) images/s", err)
     images, errors, seconds = int(match[1]), int(match[2]), float(match[3])
     log(f"end to end{' on CPU ' + cpus if cpus else ''}: {images / seconds:.0f} images/s "
