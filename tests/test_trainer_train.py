@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -42,6 +43,7 @@ def test_train_dataset_applies_mixup_only_when_configured():
 
 def test_tiny_run_writes_the_run_folder_and_compare_reads_it(tmp_path):
     data = make_dataset(tmp_path / "data")
+    shutil.copy(data / "train/happy/3.jpg", data / "validation/happy/copy_of_train.jpg")
     config = config_from_dict({"name": "tiny", "model": "tiny_cnn", "batch_size": 8, "epochs": 1,
                                "steps_per_epoch": 2, "mixup": 0.2, "drop_near_duplicates": True,
                                "note": "plumbing only"})
@@ -49,7 +51,8 @@ def test_tiny_run_writes_the_run_folder_and_compare_reads_it(tmp_path):
     assert {p.name for p in run_dir.iterdir()} == RUN_FILES
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["test"]["n"] == 8 and metrics["test_unique"]["n"] == 7  # test/sad/0.jpg has a copy in train
-    assert metrics["validation"]["n"] == 9  # the re-encoded copy of a test image was dropped
+    assert metrics["validation"]["n"] == 10  # the re-encoded copy of a test image was dropped
+    assert metrics["validation_unique"]["n"] == 9  # validation/happy/copy_of_train.jpg is a copy of a train image
     assert json.loads((run_dir / "config.json").read_text())["drop_near_duplicates"] is True
     row = load_runs(tmp_path / "runs").iloc[0]
     assert (row["model"], row["note"], row["test acc"]) == ("tiny", "plumbing only", metrics["test"]["accuracy"])

@@ -85,6 +85,12 @@ def unique_test_mask(root: Path) -> np.ndarray:
     return np.array([d not in seen for d in list_split(root, "test").digests], dtype=bool)
 
 
+def unseen_mask(split: Split, seen: Split) -> np.ndarray:
+    """True for each image of `split` with no byte-identical copy in `seen` (e.g. validation vs train)."""
+    digests = set(seen.digests)
+    return np.array([d not in digests for d in split.digests], dtype=bool)
+
+
 def load_pixels(paths: list[Path], channels: int = 1) -> np.ndarray:
     """uint8 array (N, 48, 48, channels), decoded in threads by the shared preprocessing function."""
     with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:

@@ -78,7 +78,7 @@ def keras_images_per_second(model, x: np.ndarray, batch_size: int = 256) -> floa
 
 
 def write_run_report(run_dir: Path, model, config, x: dict, y: dict, unique_test: np.ndarray,
-                     test_names: list[str], train_seconds: float) -> dict:
+                     test_names: list[str], train_seconds: float, unique_validation: np.ndarray | None = None) -> dict:
     probs = {name: model.predict(x[name].astype(np.float32), batch_size=256, verbose=0)
              for name in ("validation", "test")}
     pred = {name: p.argmax(axis=1) for name, p in probs.items()}
@@ -93,6 +93,9 @@ def write_run_report(run_dir: Path, model, config, x: dict, y: dict, unique_test
         "test": scores(y["test"], pred["test"]),
         "test_unique": scores(y["test"][unique_test], pred["test"][unique_test]),
     }
+    if unique_validation is not None:  # validation images with no byte-identical copy in train
+        metrics["validation_unique"] = scores(y["validation"][unique_validation],
+                                              pred["validation"][unique_validation])
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (run_dir / "classification_report.txt").write_text(
         classification_report(y["test"], pred["test"], target_names=list(CLASSES), digits=4, zero_division=0))
