@@ -72,6 +72,7 @@ def export(keras_path: Path, output: Path, data_root: str | None = None, toleran
     import keras
     import onnx
 
+    import trainer.models  # noqa: F401  registers the custom layers (HorizontalFlip) a saved ensemble uses
     from trainer import data as dataset
     from trainer.report import scores
 

@@ -118,6 +118,17 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_ensemble(args) -> int:
+    from trainer.ensemble import run_ensemble
+
+    try:
+        run_ensemble(args.runs, args.tta, args.runs_dir, args.name, args.data)
+    except FileNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_audit(args) -> int:
     from trainer import audit
     from trainer.data import data_dir
@@ -160,6 +171,15 @@ def main(argv=None) -> int:
     cmp_p.add_argument("--reference", type=Path, help="the reference study's README with its results table "
                                                        "(default ../shared/reference/README.md)")
     cmp_p.set_defaults(func=cmd_compare)
+
+    ens_p = sub.add_parser("ensemble", help="average trained runs (and their mirror image) into one model "
+                                            "-> runs/<name>/, scored like a run")
+    ens_p.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="run folders with a model.keras")
+    ens_p.add_argument("--tta", action="store_true", help="also average each model over the mirrored face")
+    ens_p.add_argument("--name", help="run folder name (default: the members joined by '+', then '_tta')")
+    _data_arg(ens_p)
+    ens_p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where run folders go (default runs/)")
+    ens_p.set_defaults(func=cmd_ensemble)
 
     aud_p = sub.add_parser("audit", help="class counts, duplicates, near-duplicates and label conflicts")
     aud_p.add_argument("data_dir", nargs="?", help="dataset folder (default $EMOTION_DATA_DIR or the shared data)")

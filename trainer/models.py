@@ -12,6 +12,15 @@ import keras
 from keras import layers
 
 
+@keras.saving.register_keras_serializable(package="trainer")
+class HorizontalFlip(layers.Layer):
+    """The mirror image of an NHWC batch, every time (RandomFlip is random and off at inference): test-time
+    augmentation inside the graph, so the exported ONNX model needs nothing from the runtime."""
+
+    def call(self, inputs):
+        return inputs[:, :, ::-1, :]
+
+
 def _inputs(input_shape):
     inputs = keras.Input(shape=input_shape, name="image")
     return inputs, layers.Rescaling(1.0 / 255)(inputs)

@@ -87,7 +87,7 @@ def write_run_report(run_dir: Path, model, config, x: dict, y: dict, unique_test
         "parameters": int(model.count_params()),
         "size_mb": round((run_dir / "model.keras").stat().st_size / 1e6, 3),
         "train_seconds": round(train_seconds, 1),
-        "epochs_run": int(len(pd.read_csv(run_dir / "history.csv"))),
+        "epochs_run": int(len(pd.read_csv(history))) if (history := run_dir / "history.csv").is_file() else None,
         "keras_images_per_second": round(keras_images_per_second(model, x["validation"]), 1),
         "validation": scores(y["validation"], pred["validation"]),
         "test": scores(y["test"], pred["test"]),
@@ -103,7 +103,8 @@ def write_run_report(run_dir: Path, model, config, x: dict, y: dict, unique_test
     pd.DataFrame(matrix, index=list(CLASSES), columns=list(CLASSES)).to_csv(run_dir / "confusion_matrix.csv")
     plot_confusion(matrix, f"{config.name}: test (acc {metrics['test']['accuracy']:.3f})",
                    run_dir / "confusion_matrix.png")
-    plot_learning_curves(run_dir / "history.csv", run_dir / "learning_curves.png")
+    if history.is_file():  # an ensemble of trained runs has no training history of its own
+        plot_learning_curves(history, run_dir / "learning_curves.png")
     table = pd.DataFrame(probs["test"], columns=[f"p_{c}" for c in CLASSES]).round(6)
     table.insert(0, "predicted", [CLASSES[i] for i in pred["test"]])
     table.insert(0, "label", [CLASSES[i] for i in y["test"]])

@@ -1,0 +1,74 @@
+"""Trained runs, and optionally their mirror image, averaged into one Keras model: `python -m trainer ensemble`.
+
+Averaging softmax outputs is the cheapest accuracy left once models are trained: test-time augmentation
+(the face and its horizontal mirror, as the training augmentation flipped faces) and ensembles of runs. The
+average is one Keras graph, so the converter exports it as a single ONNX model and the runtime needs no
+change; the run folder it writes has a trained run's metrics and report, so `compare` lists it too.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import keras
+import numpy as np
+from keras import layers
+
+from batch_job.preprocessing import INPUT_SIZE
+from trainer import data as dataset
+from trainer import report
+from trainer.models import HorizontalFlip
+
+
+def load_member(run_dir: Path) -> keras.Model:
+    path = Path(run_dir) / "model.keras"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir}: no model.keras (train it first: python -m trainer run CONFIG)")
+    return keras.models.load_model(path, compile=False)
+
+
+def build_ensemble(members: dict[str, keras.Model], tta: bool, name: str = "ensemble") -> keras.Model:
+    """One grayscale 0-255 input; each member (RGB members get the gray image three times, as in training)
+    sees the face, and with tta also its mirror; the output is the mean of all those softmax vectors."""
+    image = keras.Input(shape=(INPUT_SIZE, INPUT_SIZE, 1), name="image")
+    views = [image, HorizontalFlip(name="mirror")(image)] if tta else [image]
+    outputs = []
+    for member_name, member in members.items():
+        member.name = member_name  # layer names must be unique in the graph: two runs of one builder clash
+        channels = int(member.input_shape[-1])
+        for view in views:
+            outputs.append(member(view if channels == 1 else layers.Concatenate()([view] * channels)))
+    average = outputs[0] if len(outputs) == 1 else layers.Average(name="average")(outputs)
+    return keras.Model(image, average, name=name)
+
+
+def default_name(run_dirs: list[Path], tta: bool) -> str:
+    return "+".join(Path(r).name for r in run_dirs) + ("_tta" if tta else "")
+
+
+def run_ensemble(run_dirs: list[Path], tta: bool, runs_dir: Path, name: str | None = None,
+                 data_root: str | None = None) -> Path:
+    """Build, save and score the ensemble like a trained run: runs/<name>/ with model.keras and metrics.json."""
+    run_dirs = [Path(r) for r in run_dirs]
+    name = name or default_name(run_dirs, tta)
+    members = {r.name: load_member(r) for r in run_dirs}
+    model = build_ensemble(members, tta, name="ensemble")
+    run_dir = Path(runs_dir) / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    model.save(run_dir / "model.keras")
+    config = {"name": name, "model": "ensemble", "members": [str(r) for r in run_dirs], "tta": tta,
+              "note": ("mirror-image TTA, " if tta else "") + f"mean of {len(run_dirs)} run(s)"}
+    (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+    root = dataset.data_dir(data_root)
+    splits = dataset.load_splits(root)  # the default a trained run scores on: copies of test images dropped
+    x = {s: dataset.load_pixels(splits[s].paths, 1) for s in ("validation", "test")}
+    y = {s: splits[s].labels for s in ("validation", "test")}
+    member_seconds = [json.loads((r / "metrics.json").read_text()).get("train_seconds", np.nan)
+                      if (r / "metrics.json").is_file() else np.nan for r in run_dirs]
+    report.write_run_report(
+        run_dir, model, SimpleNamespace(name=name, model="ensemble", channels=1), x, y,
+        dataset.unique_test_mask(root), [str(p.relative_to(root)) for p in splits["test"].paths],
+        float(np.sum(member_seconds)), unique_validation=dataset.unseen_mask(splits["validation"], splits["train"]))
+    return run_dir
