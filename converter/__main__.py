@@ -28,7 +28,8 @@ def main(argv=None) -> int:
     metrics, parity = card["metrics"], card["parity"]
     print(f"wrote {args.output}: parity max |diff| {parity['max_abs_diff']:.2g} on {parity['images']} images; "
           f"test acc {metrics['test']['accuracy']:.4f} (unique {metrics['test_unique']['accuracy']:.4f}), "
-          f"validation acc {metrics['validation']['accuracy']:.4f}")
+          f"validation acc {metrics['validation']['accuracy']:.4f}; onnxruntime "
+          f"{card['onnx_images_per_second']['images_per_second']:,.0f} images/s here")
     return 0
 
 

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +54,23 @@ def check_parity(model, onnx_bytes: bytes, pixels: np.ndarray, tolerance: float)
     return parity, actual
 
 
+def onnx_images_per_second(onnx_bytes: bytes, pixels: np.ndarray, batch: int = 256, seconds: float = 2.0) -> float:
+    """onnxruntime throughput on pre-decoded images (batch 256, every core): what serving costs, decoding aside.
+    A number for this machine only, and only when nothing else is running on it."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    batches = [pixels[i:i + batch].astype(np.float32) for i in range(0, len(pixels), batch)]
+    session.run(None, {name: batches[0]})  # warm-up
+    images, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        for chunk in batches:
+            session.run(None, {name: chunk})
+            images += len(chunk)
+    return images / (time.perf_counter() - started)
+
+
 def model_card(name: str, channels: int, parity: Parity, metrics: dict) -> dict[str, str]:
     """String key/values for ONNX metadata_props; the runtime reads classes, input_size and channels."""
     return {
@@ -96,8 +116,17 @@ def export(keras_path: Path, output: Path, data_root: str | None = None, toleran
             unique = dataset.unique_test_mask(root)
             metrics["test_unique"] = scores(split.labels[unique], probs.argmax(1)[unique])
 
+    speed = round(onnx_images_per_second(proto.SerializeToString(), dataset.load_pixels(splits["validation"].paths,
+                                                                                         channels)), 1)
     card = model_card(keras_path.parent.name if keras_path.name == "model.keras" else keras_path.stem,
                       channels, parity, metrics)
+    card["onnx_images_per_second"] = json.dumps({"images_per_second": speed, "batch": 256,
+                                                 "cpus": os.cpu_count(), "machine": platform.machine()})
+    run_metrics = keras_path.parent / "metrics.json"
+    if keras_path.name == "model.keras" and run_metrics.is_file():  # a run folder: its results-table row gets it
+        run_record = json.loads(run_metrics.read_text())
+        run_record["onnx_images_per_second"] = speed
+        run_metrics.write_text(json.dumps(run_record, indent=2) + "\n")
     for key, value in card.items():
         proto.metadata_props.add(key=key, value=value)
     proto.doc_string = "Facial emotion classifier (happy, neutral, sad, surprise); see metadata for the model card."

@@ -49,6 +49,7 @@ def test_export_embeds_a_model_card_the_runtime_reads(small_keras_model, tmp_pat
     keras_path = tmp_path / "run" / "model.keras"
     keras_path.parent.mkdir()
     small_keras_model.save(keras_path)
+    (keras_path.parent / "metrics.json").write_text(json.dumps({"name": "run"}))
     card = export(keras_path, tmp_path / "out" / "emotion.onnx", str(SHARED_DATA))
     model = EmotionModel(tmp_path / "out" / "emotion.onnx")
     assert model.card.classes == ("happy", "neutral", "sad", "surprise")
@@ -58,6 +59,8 @@ def test_export_embeds_a_model_card_the_runtime_reads(small_keras_model, tmp_pat
     assert metrics["validation"]["n"] == len(dataset.list_split(SHARED_DATA, "validation"))
     assert card["parity"]["max_abs_diff"] < 1e-4
     assert json.loads((tmp_path / "out" / "emotion.json").read_text())["model_name"] == "run"
+    speed = card["onnx_images_per_second"]["images_per_second"]
+    assert speed > 0 and json.loads((keras_path.parent / "metrics.json").read_text())["onnx_images_per_second"] == speed
 
 
 @needs_data
