@@ -112,6 +112,9 @@ def export(keras_path: Path, output: Path, data_root: str | None = None, toleran
                                                             max(parity.max_abs_diff, split_parity.max_abs_diff),
                                                             min(parity.argmax_agreement, split_parity.argmax_agreement))
         metrics[name] = scores(split.labels, probs.argmax(1))
+        if name == "validation":  # the validation images with no byte-identical copy in train
+            unseen = dataset.unseen_mask(split, splits["train"])
+            metrics["validation_unique"] = scores(split.labels[unseen], probs.argmax(1)[unseen])
         if name == "test":
             unique = dataset.unique_test_mask(root)
             metrics["test_unique"] = scores(split.labels[unique], probs.argmax(1)[unique])

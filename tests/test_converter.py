@@ -57,6 +57,7 @@ def test_export_embeds_a_model_card_the_runtime_reads(small_keras_model, tmp_pat
     metrics = json.loads(model.card.properties["metrics"])
     assert metrics["test"]["n"] == 128 and metrics["test_unique"]["n"] < 128
     assert metrics["validation"]["n"] == len(dataset.list_split(SHARED_DATA, "validation"))
+    assert 4000 < metrics["validation_unique"]["n"] < metrics["validation"]["n"]  # 306 copies of train images
     assert card["parity"]["max_abs_diff"] < 1e-4
     assert json.loads((tmp_path / "out" / "emotion.json").read_text())["model_name"] == "run"
     speed = card["onnx_images_per_second"]["images_per_second"]
