@@ -49,6 +49,7 @@ def load_runs(runs_dir: Path) -> pd.DataFrame:
             "unique n": unique.get("n", np.nan),
             "validation acc": validation.get("accuracy", np.nan),
             "validation acc unique": metrics.get("validation_unique", {}).get("accuracy", np.nan),
+            "validation unique n": metrics.get("validation_unique", {}).get("n", np.nan),
             "macro F1": test.get("macro_f1", np.nan),
             "parameters": metrics.get("parameters", np.nan),
             "size MB": metrics.get("size_mb", np.nan),
@@ -119,14 +120,17 @@ def to_markdown(table: pd.DataFrame, reference: pd.DataFrame | None) -> str:
         shown["reference test acc"] = table["reference test acc"].map(_fmt)
     shown["note"] = table["note"]
     unique_n = sorted({int(n) for n in table["unique n"].dropna()})
+    validation_n = sorted({int(n) for n in table["validation unique n"].dropna()})
     parts = [
         "# Results", "",
         "Test split: the 128 test images (balanced, 32 per class). Precision, recall and F1 are weighted averages "
         "over the four classes, as in the reference study. `test acc unique` counts only the test images with no "
         f"byte-identical copy in train or validation (n = {', '.join(map(str, unique_n)) or 'n/a'}): the honest "
         "number; `validation acc unique` likewise counts only the validation images with no byte-identical copy "
-        "in train (about 4,660 of 4,969). Inference speed is Keras `predict` on the validation images, batch 256, on the machine that "
-        "trained.", "",
+        f"in train (n = {', '.join(map(str, validation_n)) or 'n/a'}). `keras images/s` is Keras `predict` on the "
+        "validation images, batch 256, on the machine that trained"
+        + ("; `onnx images/s` is onnxruntime on the same images pre-decoded, batch 256, every core, measured by "
+           "the converter on an idle machine (exported runs only)." if "onnx images/s" in table else "."), "",
         markdown_table(shown), "", "![test accuracy and weighted F1 per run](results.png)", "",
     ]
     if reference is not None:
