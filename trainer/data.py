@@ -79,16 +79,16 @@ def load_splits(root: Path, drop_test_duplicates: bool = True, drop_near_duplica
     return splits
 
 
-def unique_test_mask(root: Path) -> np.ndarray:
-    """True for each test image (in list_split order) with no byte-identical copy in train or validation."""
-    seen = set(list_split(root, "train").digests) | set(list_split(root, "validation").digests)
-    return np.array([d not in seen for d in list_split(root, "test").digests], dtype=bool)
-
-
-def unseen_mask(split: Split, seen: Split) -> np.ndarray:
-    """True for each image of `split` with no byte-identical copy in `seen` (e.g. validation vs train)."""
-    digests = set(seen.digests)
+def unseen_mask(split: Split, *seen: Split) -> np.ndarray:
+    """True for each image of `split` with no byte-identical copy in any of `seen` (e.g. validation vs train)."""
+    digests = set().union(*(s.digests for s in seen))
     return np.array([d not in digests for d in split.digests], dtype=bool)
+
+
+def unique_test_mask(root: Path) -> np.ndarray:
+    """True for each test image (in list_split order) with no byte-identical copy in train or validation, counting
+    the copies that load_splits drops: they are why the image is not unique."""
+    return unseen_mask(*(list_split(root, name) for name in ("test", "train", "validation")))
 
 
 def load_pixels(paths: list[Path], channels: int = 1) -> np.ndarray:

@@ -67,8 +67,6 @@ def run_ensemble(run_dirs: list[Path], tta: bool, runs_dir: Path, name: str | No
     y = {s: splits[s].labels for s in ("validation", "test")}
     member_seconds = [json.loads((r / "metrics.json").read_text()).get("train_seconds", np.nan)
                       if (r / "metrics.json").is_file() else np.nan for r in run_dirs]
-    report.write_run_report(
-        run_dir, model, SimpleNamespace(name=name, model="ensemble", channels=1), x, y,
-        dataset.unique_test_mask(root), [str(p.relative_to(root)) for p in splits["test"].paths],
-        float(np.sum(member_seconds)), unique_validation=dataset.unseen_mask(splits["validation"], splits["train"]))
+    report.write_run_report(run_dir, model, SimpleNamespace(name=name, model="ensemble", channels=1), x, y, root,
+                            splits, float(np.sum(member_seconds)))
     return run_dir

@@ -15,6 +15,7 @@ from sklearn.metrics import (accuracy_score, classification_report, confusion_ma
                              precision_recall_fscore_support)
 
 from batch_job.preprocessing import CLASSES  # noqa: E402
+from trainer import data as dataset  # noqa: E402
 
 
 def scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
@@ -77,8 +78,13 @@ def keras_images_per_second(model, x: np.ndarray, batch_size: int = 256) -> floa
     return len(x) / (time.perf_counter() - started)
 
 
-def write_run_report(run_dir: Path, model, config, x: dict, y: dict, unique_test: np.ndarray,
-                     test_names: list[str], train_seconds: float, unique_validation: np.ndarray | None = None) -> dict:
+def write_run_report(run_dir: Path, model, config, x: dict, y: dict, root: Path, splits: dict,
+                     train_seconds: float) -> dict:
+    """Score on validation and test (also on their images with no copy in the training data) and write the run
+    folder's report. `splits` are the ones the run trained with (trainer.data.load_splits of `root`)."""
+    unique_test = dataset.unique_test_mask(root)
+    unique_validation = dataset.unseen_mask(splits["validation"], splits["train"])
+    test_names = [str(p.relative_to(root)) for p in splits["test"].paths]
     probs = {name: model.predict(x[name].astype(np.float32), batch_size=256, verbose=0)
              for name in ("validation", "test")}
     pred = {name: p.argmax(axis=1) for name, p in probs.items()}
@@ -92,10 +98,8 @@ def write_run_report(run_dir: Path, model, config, x: dict, y: dict, unique_test
         "validation": scores(y["validation"], pred["validation"]),
         "test": scores(y["test"], pred["test"]),
         "test_unique": scores(y["test"][unique_test], pred["test"][unique_test]),
+        "validation_unique": scores(y["validation"][unique_validation], pred["validation"][unique_validation]),
     }
-    if unique_validation is not None:  # validation images with no byte-identical copy in train
-        metrics["validation_unique"] = scores(y["validation"][unique_validation],
-                                              pred["validation"][unique_validation])
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (run_dir / "classification_report.txt").write_text(
         classification_report(y["test"], pred["test"], target_names=list(CLASSES), digits=4, zero_division=0))

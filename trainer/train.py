@@ -148,7 +148,5 @@ def run(config: TrainConfig, data_root: str | None = None, runs_dir: Path = RUNS
 
     best = keras.models.load_model(best_path, compile=False)
     best.save(best_path)  # re-save without optimizer state: a third of the size
-    report.write_run_report(run_dir, best, config, x, y, dataset.unique_test_mask(root),
-                            [str(p.relative_to(root)) for p in splits["test"].paths], train_seconds,
-                            unique_validation=dataset.unseen_mask(splits["validation"], splits["train"]))
+    report.write_run_report(run_dir, best, config, x, y, root, splits, train_seconds)
     return run_dir
