@@ -15,4 +15,4 @@ from batch_job.preprocessing import load_image  # noqa: E402
 started = float(sys.argv[2]) if len(sys.argv) > 2 else PROCESS_START
 model = EmotionModel()
 model.predict(load_image(sys.argv[1])[None])
-print(json.dumps({"cold_start_seconds": time.time() - started,}))
+print(json.dumps({"cold_start_seconds": time.time() - started}))

@@ -102,25 +102,23 @@ def export(keras_path: Path, output: Path, data_root: str | None = None, toleran
     splits = dataset.load_splits(root, drop_test_duplicates=False)
     proto = to_onnx(model, channels)
 
-    metrics = {}
+    onnx_bytes = proto.SerializeToString()
+    unique = {"validation": dataset.unseen_mask(splits["validation"], splits["train"]),  # no copy in train
+              "test": dataset.unseen_mask(splits["test"], splits["train"], splits["validation"])}
+    metrics, pixels = {}, {}
     parity = None
     for name in ("validation", "test"):
         split = splits[name]
-        split_parity, probs = check_parity(model, proto.SerializeToString(), dataset.load_pixels(split.paths, channels),
-                                           tolerance)
+        pixels[name] = dataset.load_pixels(split.paths, channels)
+        split_parity, probs = check_parity(model, onnx_bytes, pixels[name], tolerance)
         parity = split_parity if parity is None else Parity(parity.images + split_parity.images,
                                                             max(parity.max_abs_diff, split_parity.max_abs_diff),
                                                             min(parity.argmax_agreement, split_parity.argmax_agreement))
-        metrics[name] = scores(split.labels, probs.argmax(1))
-        if name == "validation":  # the validation images with no byte-identical copy in train
-            unseen = dataset.unseen_mask(split, splits["train"])
-            metrics["validation_unique"] = scores(split.labels[unseen], probs.argmax(1)[unseen])
-        if name == "test":
-            unique = dataset.unique_test_mask(root)
-            metrics["test_unique"] = scores(split.labels[unique], probs.argmax(1)[unique])
+        predicted = probs.argmax(1)
+        metrics[name] = scores(split.labels, predicted)
+        metrics[f"{name}_unique"] = scores(split.labels[unique[name]], predicted[unique[name]])
 
-    speed = round(onnx_images_per_second(proto.SerializeToString(), dataset.load_pixels(splits["validation"].paths,
-                                                                                         channels)), 1)
+    speed = round(onnx_images_per_second(onnx_bytes, pixels["validation"]), 1)
     card = model_card(keras_path.parent.name if keras_path.name == "model.keras" else keras_path.stem,
                       channels, parity, metrics)
     card["onnx_images_per_second"] = json.dumps({"images_per_second": speed, "batch": 256,
