@@ -1,0 +1,79 @@
+"""--shard i/N: N children that list the same source score disjoint parts that together are all of it."""
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+
+from batch_job.shard import ShardError, in_shard, output_for, parse_shard, shard_of
+from batch_job.sources import Item
+from tests.conftest import REPO
+
+KEYS = ([f"photos/{i:05d}.jpg" for i in range(3000)]
+        + ["photos/happy face.png", "photos/a+b=c&d.png", "photos/Zoë/élan vital 😀.jpg", "photos/x/"])
+
+
+@pytest.mark.parametrize("count", range(1, 9))
+def test_shards_partition_a_listing_exactly_no_key_twice_none_missing(count):
+    shards = [list(in_shard(KEYS, index, count)) for index in range(count)]
+    seen = Counter(key for shard in shards for key in shard)
+    assert set(seen) == set(KEYS) and max(seen.values()) == 1
+    if count > 1:  # a hash, not a range: no shard is empty or takes nearly everything
+        assert all(0.5 * len(KEYS) / count < len(shard) < 1.5 * len(KEYS) / count for shard in shards)
+
+
+def test_shard_membership_does_not_depend_on_listing_order():
+    shuffled = KEYS[:]
+    random.Random(7).shuffle(shuffled)
+    for index in range(5):
+        assert set(in_shard(shuffled, index, 5)) == set(in_shard(KEYS, index, 5))
+    assert list(in_shard(KEYS, 2, 5)) == [k for k in KEYS if k in set(in_shard(KEYS, 2, 5))]  # order kept
+
+
+def test_items_are_sharded_by_their_path_like_plain_keys():
+    items = [Item(key, lambda: b"") for key in KEYS]
+    assert [item.path for item in in_shard(items, 1, 3)] == list(in_shard(KEYS, 1, 3))
+
+
+def test_shard_of_is_the_same_in_another_process():
+    """sha256, not Python's per-process salted hash(): every Batch child agrees on every key."""
+    code = ("from batch_job.shard import shard_of; "
+            "print([shard_of(k, 16) for k in ['photos/00001.jpg', 'photos/Zoë/élan vital 😀.jpg', 'a']])")
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={"PYTHONHASHSEED": "123"}, cwd=REPO)
+    assert other.stdout.strip() == str([shard_of(k, 16) for k in ["photos/00001.jpg", "photos/Zoë/élan vital 😀.jpg", "a"]])
+
+
+@pytest.mark.parametrize("text, expected", [("0/1", (0, 1)), ("3/16", (3, 16)), (" 15/16 ", (15, 16)),
+                                            ("9999/10000", (9999, 10000))])
+def test_parse_shard_reads_index_and_count(text, expected):
+    assert parse_shard(text, env={}) == expected
+
+
+@pytest.mark.parametrize("text, message", [
+    ("3", "INDEX/COUNT"), ("3-16", "INDEX/COUNT"), ("a/16", "index must be an integer"),
+    ("3/x", "count must be an integer"), ("16/16", "0 to 15"), ("-1/4", "0 to 3"), ("0/0", "1 to 10000"),
+    ("0/10001", "1 to 10000"), ("", "INDEX/COUNT"),
+])
+def test_parse_shard_rejects_what_names_no_shard_with_a_clear_message(text, message):
+    with pytest.raises(ShardError, match=message):
+        parse_shard(text, env={})
+
+
+def test_array_index_comes_from_aws_batch():
+    assert parse_shard("array/16", env={"AWS_BATCH_JOB_ARRAY_INDEX": "7"}) == (7, 16)
+    with pytest.raises(ShardError, match="AWS_BATCH_JOB_ARRAY_INDEX is not set"):
+        parse_shard("array/16", env={})
+    with pytest.raises(ShardError, match="0 to 7"):  # array size 16, but the job said 8 shards
+        parse_shard("array/8", env={"AWS_BATCH_JOB_ARRAY_INDEX": "12"})
+
+
+def test_a_folder_destination_gets_the_run_layout_and_a_file_is_kept():
+    assert output_for("s3://out/runs/june/", 3, 16) == "s3://out/runs/june/parts/part-shard-00003-of-00016.csv"
+    assert output_for("results/", 0, 2) == "results/parts/part-shard-00000-of-00002.csv"
+    assert output_for("s3://out/x.csv", 3, 16) == "s3://out/x.csv"
+    names = [output_for("r/", i, 12) for i in range(12)]
+    assert names == sorted(names) and len(set(names)) == 12
