@@ -1,6 +1,7 @@
-"""python -m batch_job run SOURCE... [--output DEST] [--model PATH] [--batch-size N]
+"""python -m batch_job run SOURCE... [--output DEST] [--faces auto|detect|whole] [--annotate DIR] [--model PATH]
 
 SOURCE and DEST may be local paths or s3:// URLs (s3://bucket/prefix, s3://bucket/key.jpg, s3://bucket/out.csv).
+Other commands: report (an HTML page from a CSV), evaluate (accuracy when paths name their class), cost.
 
 Exit status: 0 every image scored; 3 some rows carry errors (the CSV is still complete);
 2 usage error; 1 fatal error (missing model, unreadable source). Errors are one line on stderr.
@@ -16,7 +17,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
 
-from batch_job.csv_output import write_all
+from batch_job.analysis import DEFAULT_FACE_MODE, FACE_MODES
+from batch_job.csv_output import Totals, write_all
+from batch_job.faces import DetectorError, FaceDetector
 from batch_job.model import EmotionModel, ModelError, default_model_path
 from batch_job.pipeline import predict
 from batch_job.sources import SourceError, items_for, non_empty
@@ -58,12 +61,18 @@ def open_output(dest: str) -> Iterator[IO[str]]:
             os.unlink(tmp)
 
 
-def score(sources: list[str], dest: str, model_path: str | None, batch_size: int,
-          workers: int | None, progress: bool) -> tuple[int, int, float]:
-    """Score every input into one CSV; returns (rows, error rows, seconds)."""
+def face_mode_default() -> str:
+    """$FACES when set (the Lambda function and Batch jobs use it), else auto."""
+    return os.environ.get("FACES", "").strip().lower() or DEFAULT_FACE_MODE
+
+
+def score(sources: list[str], dest: str, model_path: str | None, batch_size: int, workers: int | None,
+          progress: bool, faces: str = DEFAULT_FACE_MODE, annotate: str | None = None) -> tuple[Totals, float]:
+    """Score every input into one CSV; returns the totals and the seconds it took."""
     from tqdm import tqdm
 
     model = EmotionModel(model_path)
+    detector = FaceDetector() if faces != "whole" else None
     if workers is None and any(source.startswith("s3://") for source in sources):
         from batch_job.s3 import S3_WORKERS
 
@@ -72,11 +81,19 @@ def score(sources: list[str], dest: str, model_path: str | None, batch_size: int
     if items is None:
         raise FatalError(f"no image files found in {' '.join(sources)}")
     total = sum(1 for _ in items_for(sources)) if progress else None
+    if annotate:
+        from batch_job.annotate import Annotator
+
+        annotator = Annotator(annotate)
+        items = annotator.remember(items)
     started = time.perf_counter()
     with open_output(dest) as out:
-        rows, errors = write_all(predict(items, model, batch_size, workers), out, lambda stream: tqdm(
+        results = predict(items, model, batch_size, workers, faces, detector)
+        if annotate:
+            results = annotator.draw_all(results)
+        totals = write_all(results, out, lambda stream: tqdm(
             stream, total=total, unit="img", disable=not progress, file=sys.stderr))
-    return rows, errors, time.perf_counter() - started
+    return totals, time.perf_counter() - started
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
                           "s3://bucket/key.jpg; several may be given")
     run.add_argument("-o", "--output", default=DEFAULT_OUTPUT,
                      help=f"CSV to write, s3://bucket/key.csv, or '-' for stdout (default: {DEFAULT_OUTPUT})")
+    run.add_argument("--faces", choices=FACE_MODES, default=face_mode_default(),
+                     help="auto: find the faces, and score a small image (a face crop) whole when none is found; "
+                          "detect: only the faces found; whole: each image is one face crop "
+                          f"(default: $FACES or {DEFAULT_FACE_MODE})")
+    run.add_argument("--annotate", metavar="DIR",
+                     help="also write a copy of each image with its faces boxed and labelled into DIR")
     run.add_argument("--model", help=f"ONNX model (default: $MODEL_PATH or {default_model_path()})")
     run.add_argument("--batch-size", type=_positive, default=256, help="images per inference call (default 256)")
     run.add_argument("--workers", type=_positive, help="decode/fetch threads (default: CPUs + 4; 32 with s3:// sources)")
@@ -103,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     cost.add_argument("--json", action="store_true", help="print JSON instead of text")
     evaluate = sub.add_parser("evaluate", help="accuracy of a predictions CSV whose paths contain class folders")
     evaluate.add_argument("csv")
+    report = sub.add_parser("report", help="one self-contained HTML page from a predictions CSV")
+    report.add_argument("csv")
+    report.add_argument("--images", metavar="SOURCE",
+                        help="the folder (or s3://bucket/prefix) the CSV was made from: adds face thumbnails")
+    report.add_argument("-o", "--output", default="report.html", help="HTML file to write (default report.html)")
     return parser
 
 
@@ -147,23 +175,40 @@ def print_cost(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def write_report(args: argparse.Namespace) -> int:
+    from batch_job.report import ReportError, build_report
+
+    try:
+        summary = build_report(args.csv, args.output, args.images)
+    except (OSError, ReportError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FATAL
+    print(f"report of {summary} -> {args.output}", file=sys.stderr)
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "evaluate":
         return print_evaluation(args.csv)
     if args.command == "cost":
         return print_cost(args)
+    if args.command == "report":
+        return write_report(args)
+    if args.faces not in FACE_MODES:  # from $FACES; argparse checked a command-line value already
+        print(f"error: FACES={args.faces!r}: expected one of {', '.join(FACE_MODES)}", file=sys.stderr)
+        return EXIT_USAGE
     progress = sys.stderr.isatty() and not args.no_progress
     try:
-        rows, errors, seconds = score(args.sources, args.output, args.model, args.batch_size, args.workers, progress)
-    except (ModelError, SourceError, FatalError) as error:
+        totals, seconds = score(args.sources, args.output, args.model, args.batch_size, args.workers, progress,
+                                args.faces, args.annotate)
+    except (ModelError, DetectorError, SourceError, FatalError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FATAL
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return EXIT_FATAL
-    rate = rows / seconds if seconds > 0 else float("inf")
+    rate = totals.images / seconds if seconds > 0 else float("inf")
     where = "stdout" if args.output == "-" else args.output
-    print(f"scored {rows} images ({errors} errors) in {seconds:.1f} s, {rate:.0f} images/s -> {where}",
-          file=sys.stderr)
-    return EXIT_SOME_ERRORS if errors else EXIT_OK
+    print(f"scored {totals} in {seconds:.1f} s, {rate:.0f} images/s -> {where}", file=sys.stderr)
+    return EXIT_SOME_ERRORS if totals.errors else EXIT_OK

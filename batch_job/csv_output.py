@@ -1,37 +1,70 @@
-"""The CSV format: path,emotion,confidence,p_happy,p_neutral,p_sad,p_surprise,error."""
+"""The CSV format: one row per face found (numbered largest first), else one row per image saying why not.
+
+path,face,left,top,width,height,face_score,emotion,confidence,p_happy,p_neutral,p_sad,p_surprise,error
+- a face: face = 1, 2, ...; its box in displayed pixels; face_score = the detector's (empty when scored whole);
+- an image without a face: face = 0, error = 'no face found' (not a failure);
+- an input that cannot be scored: face empty, the reason in error.
+"""
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from typing import IO, Callable, Iterable, Iterator
 
-from batch_job.pipeline import Prediction
+from batch_job.pipeline import ImageResult
 from batch_job.preprocessing import CLASSES
 
-COLUMNS = ["path", "emotion", "confidence", *(f"p_{name}" for name in CLASSES), "error"]
+COLUMNS = ["path", "face", "left", "top", "width", "height", "face_score", "emotion", "confidence",
+           *(f"p_{name}" for name in CLASSES), "error"]
 
 
-def to_row(prediction: Prediction) -> list[str]:
-    if prediction.probabilities is None:
-        return [prediction.path, "", "", *([""] * len(CLASSES)), prediction.error]
-    probs = prediction.probabilities
-    best = int(probs.argmax())
-    return [prediction.path, CLASSES[best], f"{probs[best]:.6f}", *(f"{p:.6f}" for p in probs), ""]
+def to_rows(result: ImageResult) -> list[list[str]]:
+    """The CSV rows of one input: one per face, or one saying why there is none."""
+    if not result.faces:
+        face = "" if result.failed else "0"
+        return [[result.path, face, *([""] * (len(COLUMNS) - 3)), result.error]]
+    rows = []
+    for face in result.faces:
+        probs = face.probabilities
+        best = int(probs.argmax())
+        score = "" if face.score is None else f"{face.score:.4f}"
+        rows.append([result.path, str(face.number), *map(str, face.box), score, CLASSES[best], f"{probs[best]:.6f}",
+                     *(f"{p:.6f}" for p in probs), ""])
+    return rows
 
 
-def write_csv(predictions: Iterable[Prediction], out: IO[str]) -> Iterator[Prediction]:
-    """Write the header and one row per prediction, passing each prediction on (for counting, progress)."""
+@dataclass
+class Totals:
+    """What a run did, for the summary line: N images, F faces, Z without a face, E errors."""
+    images: int = 0
+    faces: int = 0
+    no_face: int = 0
+    errors: int = 0
+
+    def add(self, result: ImageResult) -> None:
+        self.images += 1
+        self.faces += len(result.faces)
+        self.no_face += not result.faces and not result.failed
+        self.errors += result.failed
+
+    def __str__(self) -> str:
+        return (f"{self.images} images, {self.faces} faces, {self.no_face} without a face, "
+                f"{self.errors} errors")
+
+
+def write_csv(results: Iterable[ImageResult], out: IO[str]) -> Iterator[ImageResult]:
+    """Write the header and each result's rows, passing each result on (for counting, progress)."""
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(COLUMNS)
-    for prediction in predictions:
-        writer.writerow(to_row(prediction))
-        yield prediction
+    for result in results:
+        writer.writerows(to_rows(result))
+        yield result
 
 
-def write_all(predictions: Iterable[Prediction], out: IO[str],
-              watch: Callable[[Iterator[Prediction]], Iterable[Prediction]] = iter) -> tuple[int, int]:
-    """Write the whole CSV; returns (rows, error rows). `watch` wraps the stream (e.g. a progress bar)."""
-    rows = errors = 0
-    for prediction in watch(write_csv(predictions, out)):
-        rows += 1
-        errors += bool(prediction.error)
-    return rows, errors
+def write_all(results: Iterable[ImageResult], out: IO[str],
+              watch: Callable[[Iterator[ImageResult]], Iterable[ImageResult]] = iter) -> Totals:
+    """Write the whole CSV; returns the totals. `watch` wraps the stream (e.g. a progress bar)."""
+    totals = Totals()
+    for result in watch(write_csv(results, out)):
+        totals.add(result)
+    return totals

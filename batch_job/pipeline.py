@@ -1,7 +1,10 @@
-"""The core: items -> decode (thread pool, bounded look-ahead) -> batches -> model -> one row per item.
+"""The core: items -> decode and find faces (thread pool, bounded look-ahead) -> batches of faces -> model
+-> one ImageResult per item, in input order.
 
-Memory stays flat: at most `lookahead` items are in flight, whatever the number of inputs. Decoding (and
-S3 fetching) runs in threads while the main thread runs onnxruntime, which releases the GIL.
+Memory stays flat: at most `lookahead` items are in flight, whatever the number of inputs. Decoding, face
+detection (and S3 fetching) run in threads while other threads run the emotion model; onnxruntime releases
+the GIL. The emotion model sees batches of faces gathered from many images, so a folder of single-face photos
+is scored in full batches, and a group photo's faces go through together.
 """
 from __future__ import annotations
 
@@ -9,37 +12,53 @@ import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import islice
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from batch_job.analysis import DEFAULT_FACE_MODE, NO_FACE, Analysis, analyse
+from batch_job.faces import FaceDetector
 from batch_job.model import EmotionModel
-from batch_job.preprocessing import ImageError, load_image
+from batch_job.preprocessing import ImageError
 from batch_job.sources import Item
 
 
 @dataclass(frozen=True)
-class Prediction:
+class FaceResult:
+    """One scored face: where it is and what the model says."""
+    number: int  # 1, 2, ... largest first
+    box: tuple[int, int, int, int]  # left, top, width, height in displayed pixels
+    score: float | None  # the detector's score; None when the image was scored whole
+    probabilities: np.ndarray
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """Everything about one input: its faces, or the reason it has none."""
     path: str
-    probabilities: np.ndarray | None  # None when the item could not be scored
-    error: str = ""
+    faces: tuple[FaceResult, ...] = ()
+    error: str = ""  # why it could not be scored ('' when it was, NO_FACE when it holds no face)
+
+    @property
+    def failed(self) -> bool:
+        """A real error (unreadable, corrupt...); an image without a face is not one."""
+        return bool(self.error) and self.error != NO_FACE
 
 
-def _decode(item: Item, size: int, channels: int) -> np.ndarray | str:
-    """Pixels, or an error message: a bad input must never stop the batch."""
+def _analyse(item: Item, mode: str, detector: FaceDetector | None, size: int, channels: int) -> Analysis:
+    """Faces, or an error: a bad input must never stop the batch."""
     try:
-        return load_image(item.read(), size, channels)
+        return analyse(item.read(), mode, detector, size, channels)
     except ImageError as error:
-        return str(error)
+        return Analysis(error=str(error))
     except OSError as error:
-        return f"cannot read: {error.strerror or error}"
+        return Analysis(error=f"cannot read: {error.strerror or error}")
     except Exception as error:  # noqa: BLE001 - S3 errors, odd codecs: anything becomes an error row
-        return f"{type(error).__name__}: {error}"
+        return Analysis(error=f"{type(error).__name__}: {error}")
 
 
-def decoded(items: Iterable[Item], decode: Callable[[Item], np.ndarray | str], workers: int,
-            lookahead: int) -> Iterator[tuple[Item, np.ndarray | str]]:
+def decoded(items: Iterable[Item], decode: Callable[[Item], Analysis], workers: int,
+            lookahead: int) -> Iterator[tuple[Item, Analysis]]:
     """Ordered, bounded parallel map: at most `lookahead` decodes are queued or held at any time."""
     pending: deque[tuple[Item, Future]] = deque()
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -58,35 +77,54 @@ def usable_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _score_batch(batch: list[tuple[Item, np.ndarray | str]], model: EmotionModel) -> list[Prediction]:
-    """Run the model once on the decodable items of a batch; keep error rows in their place."""
-    good = [result for _, result in batch if not isinstance(result, str)]
-    probs = iter(model.predict(np.stack(good))) if good else iter(())
-    return [Prediction(item.path, None, result) if isinstance(result, str) else Prediction(item.path, next(probs))
-            for item, result in batch]
+def _score_batch(batch: list[tuple[Item, Analysis]], model: EmotionModel) -> list[ImageResult]:
+    """Run the model once on every face of a batch of images; images without faces keep their rows."""
+    crops = [face.pixels for _, analysis in batch for face in analysis.faces]
+    probs = iter(model.predict(np.stack(crops))) if crops else iter(())
+    results = []
+    for item, analysis in batch:
+        if analysis.error or not analysis.faces:
+            results.append(ImageResult(item.path, error=analysis.error or NO_FACE))
+            continue
+        faces = tuple(FaceResult(number, face.box, face.score, next(probs))
+                      for number, face in enumerate(analysis.faces, start=1))
+        results.append(ImageResult(item.path, faces))
+    return results
 
 
-def _batches(pairs: Iterable, size: int) -> Iterator[list]:
-    iterator = iter(pairs)
-    while batch := list(islice(iterator, size)):
+def _face_batches(pairs: Iterable[tuple[Item, Analysis]], size: int) -> Iterator[list[tuple[Item, Analysis]]]:
+    """Consecutive images grouped until they hold at least `size` faces (or the input ends)."""
+    batch: list[tuple[Item, Analysis]] = []
+    faces = 0
+    for pair in pairs:
+        batch.append(pair)
+        faces += len(pair[1].faces)
+        if faces >= size or len(batch) >= size:
+            yield batch
+            batch, faces = [], 0
+    if batch:
         yield batch
 
 
-def predict(items: Iterable[Item], model: EmotionModel, batch_size: int = 256,
-            workers: int | None = None) -> Iterator[Prediction]:
-    """One Prediction per item, in input order.
+def predict(items: Iterable[Item], model: EmotionModel, batch_size: int = 256, workers: int | None = None,
+            faces: str = DEFAULT_FACE_MODE, detector: FaceDetector | None = None) -> Iterator[ImageResult]:
+    """One ImageResult per item, in input order.
 
-    Several batches run at once, each on `model.threads` onnxruntime threads (one by default), so every core
-    does whole batches: no core waits at a parallel-for barrier while another is busy decoding.
+    faces: 'auto', 'detect' or 'whole' (batch_job.analysis). The detector is loaded here when a mode needs
+    one and none is given. Several batches run at once, each on `model.threads` onnxruntime threads (one by
+    default), so every core does whole batches: no core waits at a parallel-for barrier.
     """
+    if faces != "whole" and detector is None:
+        detector = FaceDetector()
     size, channels = model.card.input_size, model.card.channels
     cpus = usable_cpus()
     parallel = max(1, cpus // model.threads)
     workers = workers or min(32, cpus + 4)
-    pairs = decoded(items, lambda item: _decode(item, size, channels), workers, lookahead=(parallel + 1) * batch_size)
+    pairs = decoded(items, lambda item: _analyse(item, faces, detector, size, channels), workers,
+                    lookahead=(parallel + 1) * batch_size)
     pending: deque[Future] = deque()
     with ThreadPoolExecutor(max_workers=parallel) as pool:
-        for batch in _batches(pairs, batch_size):
+        for batch in _face_batches(pairs, batch_size):
             pending.append(pool.submit(_score_batch, batch, model))
             if len(pending) > parallel:
                 yield from pending.popleft().result()

@@ -3,11 +3,18 @@
 Any common format and mode (JPEG, PNG incl. alpha and 16-bit, GIF, BMP, WEBP, TIFF; L, RGB, RGBA, P, CMYK;
 EXIF orientation) becomes a uint8 array of shape (size, size, channels). Scaling to [0, 1] happens inside
 the model (its first layer), so the arrays stay small in memory and the ONNX input is plain 0-255 floats.
+
+Two framings, both here so that training and serving share them:
+- whole (load_image): the image is a face crop, like the dataset's; centre-cropped square and resized.
+- a detected face (crop_face): a square around the detector's box that reproduces the dataset's framing
+  (FACE_CROP_SCALE, FACE_CROP_SHIFT: measured on the training crops, see docs/faces.md).
 """
 from __future__ import annotations
 
 import io
+import math
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Union
 
@@ -19,6 +26,12 @@ INPUT_SIZE = 48
 MAX_PIXELS = 50_000_000  # larger than any real photo of a face; beyond this we refuse (decompression bombs)
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
 PREPROCESSING = "exif-orient, alpha over white, 16-bit scaled to 8, grayscale, center-crop square, bilinear resize"
+# A detected face is cropped as a square of FACE_CROP_SCALE x the box's longer side, centred FACE_CROP_SHIFT
+# crop sides below the box's centre: on 1,000 train crops upscaled to 192 px, YuNet's box is 0.96-0.99 of the
+# crop's side high and 0.76-0.81 wide, centred within 1.6% of the crop's centre (docs/faces.md).
+FACE_CROP_SCALE = 1.0
+FACE_CROP_SHIFT = 0.0
+EXIF_ORIENTATION = 0x0112
 
 Source = Union[str, Path, bytes, BinaryIO]
 
@@ -27,7 +40,8 @@ class ImageError(ValueError):
     """An input that cannot become a model input; its message is meant for the CSV's error column."""
 
 
-def _open(source: Source) -> Image.Image:
+def open_image(source: Source) -> Image.Image:
+    """Identify the image without decoding its pixels; refuse empty files and decompression bombs."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
             raise ImageError("empty file (0 bytes)")
@@ -76,7 +90,15 @@ def preprocess(image: Image.Image, size: int = INPUT_SIZE, channels: int = 1) ->
 
 def load_image(source: Source, size: int = INPUT_SIZE, channels: int = 1) -> np.ndarray:
     """Path, bytes or file object -> model input. Raises ImageError with a clear message for bad input."""
-    image = _open(source)
+    image = open_image(source)
+    try:
+        return decode_whole(image, size, channels)
+    finally:
+        image.close()
+
+
+def decode_whole(image: Image.Image, size: int = INPUT_SIZE, channels: int = 1) -> np.ndarray:
+    """An opened image -> model input, the whole image taken as one face crop (the dataset's framing)."""
     try:
         if image.format == "JPEG":
             image.draft("L", (size, size))  # decode big JPEGs at reduced scale: much faster, same result class
@@ -86,10 +108,83 @@ def load_image(source: Source, size: int = INPUT_SIZE, channels: int = 1) -> np.
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise ImageError(f"cannot decode image: {error}") from None
-    finally:
-        image.close()
 
 
 def is_image_path(path: Union[str, Path]) -> bool:
     """Whether a file found while walking a folder (or listing a prefix) counts as an image to score."""
     return Path(str(path)).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def displayed_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) as the image is displayed: EXIF orientations 5-8 swap the stored sides."""
+    orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+    return (image.height, image.width) if orientation in (5, 6, 7, 8) else image.size
+
+
+def whole_box(width: int, height: int) -> tuple[int, int, int, int]:
+    """The region load_image scores, in displayed pixels: the centred square (left, top, width, height)."""
+    side = min(width, height)
+    return round((width - side) / 2), round((height - side) / 2), side, side
+
+
+@dataclass(frozen=True)
+class GrayImage:
+    """A decoded grayscale image in displayed orientation, possibly at reduced scale (JPEG draft)."""
+    image: Image.Image  # mode L
+    full_size: tuple[int, int]  # displayed (width, height) at full resolution
+
+    @property
+    def scale(self) -> float:
+        return self.image.width / self.full_size[0]
+
+
+def decode_gray(image: Image.Image, scale: float = 1.0) -> GrayImage:
+    """An opened image -> grayscale, decoded at no less than `scale` of its full size.
+
+    JPEG decodes at 1/2, 1/4 or 1/8 scale for a fraction of the work (draft); other formats decode whole.
+    """
+    full_size = displayed_size(image)
+    try:
+        if image.format == "JPEG" and scale < 1:
+            image.draft("L", (math.ceil(image.width * scale), math.ceil(image.height * scale)))
+        image.load()
+        return GrayImage(_to_grayscale(ImageOps.exif_transpose(image)), full_size)
+    except ImageError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise ImageError(f"cannot decode image: {error}") from None
+
+
+def crop_face(gray: Image.Image, box: tuple[float, float, float, float], size: int = INPUT_SIZE,
+              channels: int = 1, scale: float = FACE_CROP_SCALE, shift: float = FACE_CROP_SHIFT,
+              eyes: tuple[tuple[float, float], tuple[float, float]] | None = None) -> np.ndarray:
+    """A face box (left, top, width, height in `gray`'s pixels) -> model input, framed like the dataset.
+
+    The square may reach past the image's border (a face cut by the frame): the missing part repeats the
+    edge pixels rather than adding black. With `eyes` (two landmark points) the square is turned so the
+    eyes are level.
+    """
+    left, top, width, height = box
+    side = scale * max(width, height)
+    centre_x, centre_y = left + width / 2, top + height / 2 + shift * side
+    angle = 0.0
+    if eyes is not None:
+        (x1, y1), (x2, y2) = sorted(eyes)
+        angle = math.degrees(math.atan2(y2 - y1, x2 - x1))
+    reach = side / 2 * (math.sqrt(2) if angle else 1.0) + 1
+    x0, y0 = math.floor(centre_x - reach), math.floor(centre_y - reach)
+    x1, y1 = math.ceil(centre_x + reach), math.ceil(centre_y + reach)
+    inside = (max(x0, 0), max(y0, 0), min(x1, gray.width), min(y1, gray.height))
+    if inside[0] >= inside[2] or inside[1] >= inside[3]:
+        raise ImageError("face box outside the image")
+    pixels = np.asarray(gray.crop(inside), dtype=np.uint8)
+    pixels = np.pad(pixels, ((inside[1] - y0, y1 - inside[3]), (inside[0] - x0, x1 - inside[2])), mode="edge")
+    region = Image.fromarray(pixels)
+    centre_x, centre_y = centre_x - x0, centre_y - y0
+    if angle:
+        region = region.rotate(angle, resample=Image.Resampling.BILINEAR, center=(centre_x, centre_y))
+    half = side / 2
+    face = region.resize((size, size), Image.Resampling.BILINEAR,
+                         box=(centre_x - half, centre_y - half, centre_x + half, centre_y + half))
+    out = np.asarray(face, dtype=np.uint8)[:, :, None]
+    return np.repeat(out, channels, axis=2) if channels != 1 else out

@@ -1,0 +1,104 @@
+"""One image's bytes -> the faces to score: decode, find the faces, crop each the way the model learned.
+
+Modes (--faces, $FACES):
+- whole: the image is one face crop (the dataset's kind): centre square, 48x48. No detection.
+- detect: only the faces the detector finds; an image without one gets a 'no face found' row.
+- auto (default): detect; a small image (shorter side <= SMALL_IMAGE px, a face crop like the dataset's)
+  in which no face is found is scored whole.
+
+Decoding is sized to the work: a JPEG decodes at 1/2, 1/4 or 1/8 scale when that still gives the detector
+its DETECT_SIZE pixels, and again at a higher scale only when a face found is too small in that decode
+to give the model a crop of its full input size.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from batch_job.faces import DETECT_SIZE, Face, FaceDetector
+from batch_job.preprocessing import (FACE_CROP_SCALE, GrayImage, ImageError, crop_face, decode_gray,
+                                     decode_whole, displayed_size, open_image, whole_box)
+
+FACE_MODES = ("auto", "detect", "whole")
+DEFAULT_FACE_MODE = "auto"
+SMALL_IMAGE = 128  # shorter side at or under this: most likely a face crop, scored whole if no face is found
+MIN_DETECT = 160  # small images are enlarged to at least this (shorter side) before detection
+NO_FACE = "no face found"
+
+
+@dataclass(frozen=True)
+class FaceCrop:
+    """A face ready for the emotion model."""
+    box: tuple[int, int, int, int]  # left, top, width, height in displayed pixels, clipped to the image
+    score: float | None  # the detector's score; None when the image was scored whole
+    pixels: np.ndarray  # (size, size, channels) uint8
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """What one image holds: its faces (largest first), or why it could not be read."""
+    faces: tuple[FaceCrop, ...] = ()
+    error: str = ""
+
+
+def detection_scale(width: int, height: int) -> float:
+    """Longest side down to DETECT_SIZE; small images up so the shorter side reaches MIN_DETECT."""
+    return min(DETECT_SIZE / max(width, height), max(1.0, MIN_DETECT / min(width, height)))
+
+
+def analyse(data: bytes, mode: str, detector: FaceDetector | None, size: int, channels: int) -> Analysis:
+    """Bytes -> Analysis. ImageError (bad input) propagates: the caller turns it into the row's error."""
+    if mode not in FACE_MODES:
+        raise ValueError(f"unknown face mode {mode!r}; expected one of {', '.join(FACE_MODES)}")
+    image = open_image(data)
+    try:
+        width, height = displayed_size(image)
+        if mode == "whole":
+            return Analysis((FaceCrop(whole_box(width, height), None, decode_whole(image, size, channels)),))
+        if detector is None:
+            raise ValueError(f"face mode {mode!r} needs a face detector")
+        scale = detection_scale(width, height)
+        gray = decode_gray(image, min(1.0, scale))
+    finally:
+        image.close()
+    faces = _detect(gray, scale, detector)
+    if not faces:
+        if mode == "auto" and min(width, height) <= SMALL_IMAGE:
+            with open_image(data) as again:  # exactly what --faces whole gives
+                return Analysis((FaceCrop(whole_box(width, height), None, decode_whole(again, size, channels)),))
+        return Analysis()
+    smallest_crop = min(FACE_CROP_SCALE * max(face.width, face.height) for face in faces)  # full-size pixels
+    if gray.scale < 1 and smallest_crop * gray.scale < size:
+        with open_image(data) as again:  # decode again at the scale the smallest face needs
+            gray = decode_gray(again, min(1.0, size / smallest_crop))
+    crops = []
+    for face in faces:
+        on_gray = face.scaled(gray.scale)
+        pixels = crop_face(gray.image, (on_gray.left, on_gray.top, on_gray.width, on_gray.height), size, channels)
+        crops.append(FaceCrop(_clipped_box(face, width, height), face.score, pixels))
+    crops.sort(key=lambda crop: (-crop.box[2] * crop.box[3], crop.box[1], crop.box[0]))
+    return Analysis(tuple(crops))
+
+
+def _detect(gray: GrayImage, scale: float, detector: FaceDetector) -> list[Face]:
+    """Faces in full-size displayed pixels."""
+    full_width, full_height = gray.full_size
+    target = (max(1, round(full_width * scale)), max(1, round(full_height * scale)))
+    small = gray.image if gray.image.size == target else gray.image.resize(
+        target, Image.Resampling.BILINEAR, reducing_gap=3.0)
+    back = full_width / target[0]
+    return [face.scaled(back) for face in detector.detect(np.asarray(small))]
+
+
+def _clipped_box(face: Face, width: int, height: int) -> tuple[int, int, int, int]:
+    left, top = max(0, math.floor(face.left + 0.5)), max(0, math.floor(face.top + 0.5))
+    right = min(width, math.floor(face.left + face.width + 0.5))
+    bottom = min(height, math.floor(face.top + face.height + 0.5))
+    return left, top, max(0, right - left), max(0, bottom - top)
+
+
+__all__ = ["Analysis", "FaceCrop", "FACE_MODES", "DEFAULT_FACE_MODE", "NO_FACE", "SMALL_IMAGE", "analyse",
+           "ImageError"]
