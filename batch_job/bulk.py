@@ -1,0 +1,174 @@
+"""Step Functions Distributed Map: the Lambda that scores one ItemBatcher batch (image CMD override
+batch_job.bulk.handler; the state machine is infra/bulk.asl.json, the run layout bulk_run.py).
+
+A batch arrives as Step Functions builds it from ListObjectsV2 (or an S3 Inventory manifest):
+    {"BatchInput": {"bucket": "in", "prefix": "photos/", "output": "s3://out/runs/june/"},
+     "Items": [{"Key": "photos/a b.jpg", "Etag": "\\"9b2c...\\"", "Size": 1234, "LastModified": "...", ...}]}
+ListObjectsV2 keys come raw (a space is a space, '+' is '+'): they are used as they are. Inventory CSVs
+carry URL-encoded keys: that reader sets "key_encoding": "url" and only then are keys decoded.
+
+The batch becomes one CSV, <output>parts/part-<hash>.csv, named after (bucket, key, etag) of the objects it
+scores: EXPRESS child executions run at least once, and a retry of the same batch overwrites its part
+instead of adding rows. The function returns {"part", "objects", "rows", "errors", "skipped"}.
+
+Failures: an unreadable or corrupt object is an error row, as everywhere else. A transient S3 failure
+(throttling, 5xx, a dropped connection) that outlived boto3's own retries is not an answer about the object:
+the batch raises TransientS3Error, writes nothing, and the state machine retries it later with backoff.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import re
+from dataclasses import dataclass, replace
+from typing import Iterable, Mapping
+from urllib.parse import unquote_plus
+
+from batch_job import bulk_run, s3
+from batch_job.events import EventError, S3Object
+from batch_job.handler import Config, csv_text, get_model, score_objects
+from batch_job.preprocessing import is_image_path
+
+# S3 error codes and botocore failures that say "try again later", as the error column shows them
+# ('cannot read: SlowDown: Please reduce your request rate.'). Codes after botocore's retry checkers.
+_TRANSIENT_ROW = re.compile(
+    r"\b(?:SlowDown|ServiceUnavailable|InternalError|RequestTimeout(?:Exception)?|PriorRequestNotComplete"
+    r"|Throttl\w*|TooManyRequests\w*|RequestLimitExceeded|BandwidthLimitExceeded)\b"
+    r"|(?:^|: )(?:429|500|502|503|504)(?::|$)"
+    r"|Could not connect to the endpoint URL|(?:Connect|Read) timeout on endpoint URL|Connection was closed"
+    r"|reading from response stream|ProtocolError|IncompleteRead|ConnectionResetError")
+_TRANSIENT_CODES = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "RequestTimeoutException",
+                    "PriorRequestNotComplete", "Throttling", "ThrottlingException", "TooManyRequestsException",
+                    "RequestLimitExceeded", "BandwidthLimitExceeded"}
+
+
+class TransientS3Error(RuntimeError):
+    """S3 said 'later' (throttling, 5xx, connection lost) after boto3's retries: the whole batch is retried.
+    The state machine's Retry matches this class name (Lambda reports it as the errorType)."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One ItemBatcher batch: the image objects to score and where its part goes."""
+    objects: tuple[S3Object, ...]
+    output: str  # the run folder, s3://bucket/prefix/
+    skipped: tuple[str, ...] = ()  # keys that name no image (folders, other files, outside the prefix)
+
+
+def parse_batch(event: object) -> Batch:
+    """The Distributed Map batch event -> Batch. Malformed events raise EventError (not retried)."""
+    if not isinstance(event, dict) or not isinstance(event.get("Items"), list):
+        raise EventError("not a Distributed Map batch: expected {\"BatchInput\": {...}, \"Items\": [...]}")
+    settings = event.get("BatchInput")
+    if not isinstance(settings, dict):
+        raise EventError("batch without BatchInput (bucket, output): check the state machine's ItemBatcher")
+    bucket, output = settings.get("bucket"), settings.get("output")
+    prefix = settings.get("prefix") or ""
+    if not isinstance(bucket, str) or not bucket:
+        raise EventError(f"BatchInput.bucket must be the source bucket's name, not {bucket!r}")
+    bulk_run.split_run_url(output)  # raises EventError for anything but s3://bucket/prefix/
+    decode = settings.get("key_encoding") == "url"
+    objects, skipped = [], []
+    for item in event["Items"]:
+        if not isinstance(item, dict) or not isinstance(item.get("Key"), str) or not item["Key"]:
+            raise EventError(f"batch item without a Key: {item!r:.200}")
+        key = unquote_plus(item["Key"]) if decode else item["Key"]
+        if key.endswith("/") or not key.startswith(prefix) or not is_image_path(key):
+            skipped.append(key)
+            continue
+        objects.append(S3Object(str(item.get("Bucket") or bucket), key, _version(item)))
+    return Batch(tuple(dict.fromkeys(objects)), output, tuple(skipped))
+
+
+def _version(item: Mapping) -> str:
+    """What tells two uploads of one key apart: the ETag (ListObjectsV2 says 'Etag', inventories 'ETag'),
+    else size and time (inventories without the ETag field)."""
+    etag = item.get("Etag") or item.get("ETag")
+    if etag:
+        return str(etag).strip('"')
+    return f"{item.get('Size', '')}@{item.get('LastModified') or item.get('LastModifiedDate') or ''}"
+
+
+def part_name(objects: Iterable[S3Object]) -> str:
+    """'part-<hash>.csv' from (bucket, key, etag) of the objects, in any order: a retried batch gets the same
+    name, a different set of objects (or a re-uploaded one) a different one."""
+    identity = sorted({(o.bucket, o.key, o.version) for o in objects})
+    if not identity:
+        raise ValueError("no objects to name a part after")
+    digest = hashlib.sha256(json.dumps(identity, ensure_ascii=False).encode("utf-8")).hexdigest()
+    return f"part-{digest[:24]}.csv"
+
+
+def transient(error: str) -> bool:
+    """Whether an error row's reason is S3 saying 'later' rather than something about the object."""
+    return bool(error) and _TRANSIENT_ROW.search(error) is not None
+
+
+def transient_client_error(error: Exception) -> bool:
+    """The same question for an exception from boto3 (writing the part)."""
+    from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError, HTTPClientError
+
+    if isinstance(error, (BotoConnectionError, HTTPClientError)):
+        return True
+    if isinstance(error, ClientError):
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return error.response.get("Error", {}).get("Code") in _TRANSIENT_CODES or status == 429 or status >= 500
+    return False
+
+
+def count_rows(text: str) -> tuple[int, int]:
+    """(rows, error rows) of a CSV text, read from its own header: whatever columns the CSV has today."""
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, [])
+    error_column = header.index("error")
+    rows = errors = 0
+    for row in reader:
+        rows += 1
+        errors += bool(row[error_column])
+    return rows, errors
+
+
+def score_batch(event: dict, model, config: Config) -> dict:
+    """Score one batch into its part. Returns the part's URL (None when nothing in it was an image)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    batch = parse_batch(event)
+    result = {"part": None, "objects": len(batch.objects) + len(batch.skipped), "rows": 0, "errors": 0,
+              "skipped": len(batch.skipped)}
+    if not batch.objects:
+        return result
+    out_bucket, out_prefix = bulk_run.split_run_url(batch.output)
+    config = replace(config, output_bucket=out_bucket, output_prefix=out_prefix + bulk_run.PARTS)
+    predictions = score_objects(batch.objects, model, config)
+    later = [(p.path, p.error) for p in predictions if transient(p.error)]
+    if later:
+        raise TransientS3Error(f"{len(later)} of {len(batch.objects)} objects met a transient S3 error "
+                               f"(first: {later[0][0]}: {later[0][1]}); the batch is retried whole")
+    text = csv_text(predictions)
+    key = config.output_prefix + part_name(batch.objects)
+    try:
+        s3.put_text(out_bucket, key, text)
+    except (ClientError, BotoCoreError) as error:
+        if transient_client_error(error):
+            raise TransientS3Error(f"cannot write s3://{out_bucket}/{key}: {s3.describe(error)}") from None
+        raise
+    rows, errors = count_rows(text)
+    return {**result, "part": f"s3://{out_bucket}/{key}", "rows": rows, "errors": errors}
+
+
+def handler(event: dict, context: object = None) -> dict:
+    """The BulkScoringFunction's entry point: a batch to score, or the run's final summary step."""
+    if isinstance(event, dict) and "summary" in event:
+        result = bulk_run.write_summary(event["summary"])
+        _log(event="summary", **result)
+        return result
+    result = score_batch(event, get_model(), Config.from_env())
+    _log(event="batch", **result)
+    return result
+
+
+def _log(**fields: object) -> None:
+    """One JSON line per batch: CloudWatch Logs Insights can add them up."""
+    print(json.dumps(fields, ensure_ascii=False, default=str), flush=True)

@@ -1,0 +1,177 @@
+"""The folder of a bulk run, and the two things done with it once the map is over: add it up, merge it.
+
+    s3://out/runs/june/
+      parts/part-<hash>.csv      one per Distributed Map batch (or part-shard-<i>-of-<N>.csv per Batch child)
+      _map/<map run id>/...      Step Functions' ResultWriter: manifest.json, SUCCEEDED_*, FAILED_*, PENDING_*
+      _SUCCESS.json              written last, by the state machine's final step: the run's totals
+
+There is deliberately no single merged CSV at this scale: Athena reads parts/ as one table (docs/cloud.md).
+`python -m batch_job merge` concatenates the parts of a run small enough to want one file.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Iterator
+
+from batch_job import s3
+from batch_job.events import EventError
+
+PARTS = "parts/"
+RESULTS = "_map"
+SUCCESS = "_SUCCESS.json"
+
+
+def split_run_url(url: object) -> tuple[str, str]:
+    """'s3://out/runs/june/' -> ('out', 'runs/june/'). A run is a folder: the URL must end with '/'."""
+    if not isinstance(url, str) or not s3.is_s3_url(url) or not url.endswith("/"):
+        raise EventError(f"a run's output must be an s3://bucket/folder/ URL ending with '/', not {url!r}")
+    bucket, prefix = s3.parse_url(url)
+    return bucket, prefix
+
+
+# ---- the final step: ResultWriter's manifest -> totals -> _SUCCESS.json ----
+
+def result_records(text: str) -> Iterator[dict]:
+    """The records of one ResultWriter file: JSON Lines (the definition asks for them) or a JSON array."""
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        yield from json.loads(stripped)
+        return
+    for line in text.splitlines():
+        if line.strip():
+            yield json.loads(line)
+
+
+def batch_output(record: dict) -> dict:
+    """A child's return value: COMPACT results are the output itself; NONE (and failed children, always
+    written unchanged) wrap it as a JSON string under 'Output'."""
+    output = record.get("Output", record) if isinstance(record, dict) else {}
+    return json.loads(output) if isinstance(output, str) else output
+
+
+def batch_items(record: dict) -> int:
+    """How many items a failed or pending child was given (its Input is the batch, as a JSON string)."""
+    try:
+        batch = json.loads(record.get("Input") or "{}")
+    except (TypeError, ValueError):
+        return 0
+    return len(batch.get("Items", ())) if isinstance(batch, dict) else 0
+
+
+def totals(manifest: dict, read_text) -> dict:
+    """Add up a map run from its ResultWriter manifest; read_text(bucket, key) fetches each results file."""
+    bucket = manifest.get("DestinationBucket")
+    files = manifest.get("ResultFiles", {})
+    sums = {"objects": 0, "rows": 0, "errors": 0, "skipped": 0, "parts": 0,
+            "failed_batches": 0, "failed_objects": 0, "pending_batches": 0}
+    for entry in files.get("SUCCEEDED", ()):
+        for record in result_records(read_text(bucket, entry["Key"])):
+            output = batch_output(record)
+            for name in ("objects", "rows", "errors", "skipped"):
+                sums[name] += int(output.get(name) or 0)
+            sums["parts"] += bool(output.get("part"))
+    for status, name in (("FAILED", "failed"), ("PENDING", "pending")):
+        for entry in files.get(status, ()):
+            for record in result_records(read_text(bucket, entry["Key"])):
+                sums[f"{name}_batches"] += 1
+                if name == "failed":
+                    sums["failed_objects"] += batch_items(record)
+    return sums
+
+
+def _parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def write_summary(request: dict, now: datetime | None = None) -> dict:
+    """{"output", "results": {"Bucket", "Key"}, "started", ...} -> <output>_SUCCESS.json; returns its content."""
+    if not isinstance(request, dict) or not isinstance(request.get("results"), dict):
+        raise EventError("summary request without the map's ResultWriterDetails ('results')")
+    bucket, prefix = split_run_url(request.get("output"))
+    results = request["results"]
+    manifest = json.loads(_read_text(results["Bucket"], results["Key"]))
+    summary = totals(manifest, _read_text)
+    finished = now or datetime.now(timezone.utc)
+    started = request.get("started")
+    summary["seconds"] = round((finished - _parse_time(started)).total_seconds(), 3) if started else None
+    summary.update(source=request.get("source"), output=request["output"], started=started,
+                   finished=finished.isoformat().replace("+00:00", "Z"), execution=request.get("execution"),
+                   map_run=request.get("map_run"), results=f"s3://{results['Bucket']}/{results['Key']}")
+    body = json.dumps(summary, indent=2, ensure_ascii=False) + "\n"
+    s3.client().put_object(Bucket=bucket, Key=prefix + SUCCESS, Body=body.encode("utf-8"),
+                           ContentType="application/json")
+    return summary
+
+
+def _read_text(bucket: str, key: str) -> str:
+    return s3.client().get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8")
+
+
+def read_summary(run: str) -> dict | None:
+    """The run's _SUCCESS.json, or None while the run has not finished (or failed)."""
+    from botocore.exceptions import ClientError
+
+    bucket, prefix = split_run_url(run)
+    try:
+        return json.loads(_read_text(bucket, prefix + SUCCESS))
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            return None
+        raise
+
+
+# ---- merge: the parts of a (small) run -> one CSV ----
+
+def part_texts(run: str) -> Iterator[tuple[str, str]]:
+    """(name, CSV text) of every part of a run folder, s3://bucket/run/ or a local folder, in name order."""
+    if s3.is_s3_url(run):
+        bucket, prefix = split_run_url(run if run.endswith("/") else run + "/")
+        for key in sorted(_keys(bucket, prefix + PARTS)):
+            if key.endswith(".csv"):
+                yield f"s3://{bucket}/{key}", _read_text(bucket, key)
+        return
+    for path in sorted((Path(run) / PARTS).glob("*.csv")):
+        yield str(path), path.read_text(encoding="utf-8")
+
+
+def _keys(bucket: str, prefix: str) -> Iterator[str]:
+    pages = s3.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    for page in pages:
+        for entry in page.get("Contents", ()):
+            yield entry["Key"]
+
+
+class MergeError(RuntimeError):
+    """The parts cannot be merged into one CSV (none found, or written with different columns)."""
+
+
+def merge(parts: Iterator[tuple[str, str]], out: IO[str]) -> tuple[int, int]:
+    """Write every part's rows under one header, sorted by path (a deterministic file whatever the batching);
+    returns (parts, rows). Parts written with different columns (a run straddling a release) are refused."""
+    header: list[str] | None = None
+    rows: list[list[str]] = []
+    count = 0
+    for name, text in parts:
+        reader = csv.reader(io.StringIO(text))
+        part_header = next(reader, None)
+        if part_header is None:
+            continue
+        if header is None:
+            header = part_header
+        elif part_header != header:
+            raise MergeError(f"{name} has columns {','.join(part_header)}, the first part {','.join(header)}")
+        rows.extend(reader)
+        count += 1
+    if header is None:
+        raise MergeError("no parts found (expected parts/*.csv in the run folder)")
+    path = header.index("path")
+    rows.sort(key=lambda row: row[path])  # stable: the rows of one image (one per face) keep their order
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return count, len(rows)
+
