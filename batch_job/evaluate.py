@@ -17,12 +17,13 @@ def label_of(path: str) -> str | None:
 
 
 def evaluate(csv_path: str) -> dict:
-    """Accuracy overall and per class, over rows whose path carries a label; error rows count as wrong."""
+    """Accuracy overall and per class, one answer per image whose path carries a label: its largest face
+    (face 1), or its whole-image row. Error rows and images without a face count as wrong."""
     total, correct = Counter(), Counter()
     with open(csv_path, newline="") as f:
         for row in csv.DictReader(f):
             label = label_of(row["path"])
-            if label is None:
+            if label is None or row.get("face", "1") not in ("", "0", "1"):
                 continue
             total[label] += 1
             correct[label] += row["emotion"] == label

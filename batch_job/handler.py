@@ -1,10 +1,12 @@
 """AWS Lambda entry point: a thin adapter from events (events.py) to the scoring pipeline.
 
-Environment: OUTPUT_BUCKET (required), OUTPUT_PREFIX (default 'predictions/'), MODEL_PATH (default: the
-model baked into the image, models/emotion.onnx). The model is loaded once per container, on the first
-invocation, and reused by every later one.
+Environment: OUTPUT_BUCKET (required), OUTPUT_PREFIX (default 'predictions/'), FACES (auto, detect or whole;
+default auto, as on the command line), MODEL_PATH (default: the model baked into the image,
+models/emotion.onnx). The models are loaded once per container, on the first invocation, and reused by every
+later one.
 
-Outputs, always exactly one CSV row per scored object (unreadable or corrupt objects get error rows):
+Outputs, always at least one CSV row per scored object (a row per face found; unreadable or corrupt objects
+get error rows, images without a face a 'no face found' row):
 - SQS batch (the deployed path) or an S3 notification sent straight to the function: one CSV per invocation,
   named after the uploads it scores (bucket, key, sequencer; events.output_name): a retried invocation
   overwrites its CSV instead of adding one. One upload: <OUTPUT_PREFIX><bucket>/<key>.<id>.csv; several:
@@ -24,16 +26,19 @@ from itertools import chain
 from typing import Iterable, Mapping
 
 from batch_job import s3
-from batch_job.csv_output import write_all
+from batch_job.analysis import DEFAULT_FACE_MODE, FACE_MODES
+from batch_job.csv_output import Totals, write_all
 from batch_job.events import (EventError, S3Object, event_kind, output_name, prefix_request, s3_objects,
                               sqs_messages)
+from batch_job.faces import FaceDetector
 from batch_job.model import EmotionModel
-from batch_job.pipeline import Prediction, predict
+from batch_job.pipeline import ImageResult, predict
 from batch_job.sources import non_empty
 
 DEFAULT_OUTPUT_PREFIX = "predictions/"
 
 _model: EmotionModel | None = None
+_detector: FaceDetector | None = None
 
 
 class ConfigError(RuntimeError):
@@ -46,6 +51,7 @@ class Config:
     output_prefix: str = DEFAULT_OUTPUT_PREFIX
     batch_size: int = 256
     workers: int = s3.S3_WORKERS
+    faces: str = DEFAULT_FACE_MODE
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "Config":
@@ -54,7 +60,10 @@ class Config:
             raise ConfigError("OUTPUT_BUCKET is not set: the function needs a bucket to write its CSVs to")
         if bucket.startswith("s3://") or "/" in bucket:
             raise ConfigError(f"OUTPUT_BUCKET must be a bucket name, not a URL or path: {bucket!r}")
-        return cls(bucket, env.get("OUTPUT_PREFIX", DEFAULT_OUTPUT_PREFIX))
+        faces = env.get("FACES", "").strip().lower() or DEFAULT_FACE_MODE
+        if faces not in FACE_MODES:
+            raise ConfigError(f"FACES must be one of {', '.join(FACE_MODES)}, not {faces!r}")
+        return cls(bucket, env.get("OUTPUT_PREFIX", DEFAULT_OUTPUT_PREFIX), faces=faces)
 
 
 def get_model() -> EmotionModel:
@@ -65,20 +74,35 @@ def get_model() -> EmotionModel:
     return _model
 
 
-def score_objects(objects: Iterable[S3Object], model: EmotionModel, config: Config) -> list[Prediction]:
-    """One prediction per object, in order. Fetches run concurrently inside the pipeline's thread pool."""
+def get_detector(config: Config) -> FaceDetector | None:
+    """The container's face detector (when the face mode needs one): loaded once, like the model."""
+    global _detector
+    if config.faces == "whole":
+        return None
+    if _detector is None:
+        _detector = FaceDetector()
+    return _detector
+
+
+def score_objects(objects: Iterable[S3Object], model: EmotionModel, config: Config) -> list[ImageResult]:
+    """One result per object, in order. Fetches run concurrently inside the pipeline's thread pool."""
     items = [s3.object_item(o.bucket, o.key) for o in objects]
-    return list(predict(items, model, config.batch_size, config.workers)) if items else []
+    if not items:
+        return []
+    return list(predict(items, model, config.batch_size, config.workers, config.faces, get_detector(config)))
 
 
-def csv_text(predictions: Iterable[Prediction]) -> str:
+def csv_text(results: Iterable[ImageResult]) -> str:
     out = io.StringIO()
-    write_all(predictions, out)
+    write_all(results, out)
     return out.getvalue()
 
 
-def _summary(output: str | None, predictions: list[Prediction]) -> dict:
-    return {"output": output, "rows": len(predictions), "errors": sum(bool(p.error) for p in predictions)}
+def _summary(output: str | None, results: list[ImageResult]) -> dict:
+    totals = Totals()
+    for result in results:
+        totals.add(result)
+    return {"output": output, **vars(totals)}
 
 
 def handle_s3_event(event: dict, model: EmotionModel, config: Config) -> dict:
@@ -106,7 +130,7 @@ def handle_sqs_event(event: dict, model: EmotionModel, config: Config) -> dict:
     usable = [m for m in messages if m.objects and not m.error]
     objects = list(dict.fromkeys(chain.from_iterable(m.objects for m in usable)))  # S3 may deliver one twice
     output = None
-    predictions: list[Prediction] = []
+    predictions: list[ImageResult] = []
     if objects:
         predictions = score_objects(objects, model, config)
         key = config.output_prefix + output_name(objects)
@@ -129,8 +153,9 @@ def handle_prefix_event(event: dict, model: EmotionModel, config: Config) -> dic
     if items is None:
         raise EventError(f"no image files found under {source}")
     with s3.csv_destination(output) as out:
-        rows, errors = write_all(predict(items, model, config.batch_size, config.workers), out)
-    return {"output": output, "rows": rows, "errors": errors}
+        totals = write_all(predict(items, model, config.batch_size, config.workers, config.faces,
+                                   get_detector(config)), out)
+    return {"output": output, **vars(totals)}
 
 
 HANDLERS = {"s3": handle_s3_event, "sqs": handle_sqs_event, "prefix": handle_prefix_event}

@@ -44,7 +44,7 @@ def test_cli_scores_a_nested_folder_into_one_row_per_image(image_folder, tiny_mo
         assert probs.sum() == pytest.approx(1, abs=1e-5)
         assert row["emotion"] == CLASSES[probs.argmax()] and float(row["confidence"]) == probs.max()
         assert row["error"] == ""
-    assert "scored 8 images (0 errors)" in result.stderr and "images/s" in result.stderr
+    assert "scored 8 images, 8 faces, 0 without a face, 0 errors" in result.stderr and "images/s" in result.stderr
 
 
 def test_cli_probabilities_are_the_model_on_the_shared_preprocessing(image_folder, tiny_model, tmp_path):
@@ -81,7 +81,7 @@ def test_bad_inputs_get_error_rows_and_the_batch_completes(image_folder, tiny_mo
     for name, words in expected_errors.items():
         assert words in rows[name]["error"] and rows[name]["emotion"] == "" and rows[name]["p_happy"] == ""
     assert sum(1 for r in rows.values() if r["emotion"]) == 8
-    assert "(4 errors)" in result.stderr
+    assert ", 4 errors in" in result.stderr
 
 
 def test_single_files_and_several_sources(image_folder, tiny_model, tmp_path):

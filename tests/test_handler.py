@@ -52,7 +52,7 @@ def test_s3_put_event_with_encoded_keys_writes_one_row_per_object_to_the_output_
 
     key, rows = only_csv(buckets)
     assert key.startswith("predictions/batch-") and key.endswith(".csv")
-    assert result == {"output": f"s3://{OUT}/{key}", "rows": 3, "errors": 0}
+    assert result == {"output": f"s3://{OUT}/{key}", "images": 3, "faces": 3, "no_face": 0, "errors": 0}
     assert [row["path"] for row in rows] == ODD_KEYS
     assert all(row["error"] == "" and row["emotion"] for row in rows)
     assert all_keys(buckets, IN) == sorted(ODD_KEYS)  # nothing written back to the input bucket
@@ -62,7 +62,7 @@ def test_single_object_event_names_its_csv_after_the_bucket_and_key(buckets):
     record = upload(buckets, "uploads/happy face.png", image_bytes(1))
     result = handler(s3_event(record), None)
     key, rows = only_csv(buckets)
-    assert key.startswith(f"predictions/{IN}/uploads/happy face.png.") and result["rows"] == 1
+    assert key.startswith(f"predictions/{IN}/uploads/happy face.png.") and result["images"] == 1
     assert [row["path"] for row in rows] == ["uploads/happy face.png"]
 
 
@@ -76,7 +76,7 @@ def test_corrupt_and_missing_objects_get_error_rows_and_the_rest_are_scored(buck
     result = handler(s3_event(good, corrupt, empty, gone), None)
 
     _, rows = only_csv(buckets)
-    assert result["rows"] == 4 and result["errors"] == 3
+    assert result["images"] == 4 and result["errors"] == 3
     by_path = {row["path"]: row for row in rows}
     assert by_path["uploads/good.png"]["error"] == "" and by_path["uploads/good.png"]["emotion"]
     assert by_path["uploads/corrupt.jpg"]["error"] and by_path["uploads/corrupt.jpg"]["emotion"] == ""
@@ -178,12 +178,12 @@ def test_prefix_invocation_scores_every_image_under_it_into_one_csv(buckets):
     result = handler({"prefix": f"s3://{IN}/photos/"}, None)
 
     expected = f"s3://{OUT}/predictions/{IN}/photos/predictions.csv"
-    assert result == {"output": expected, "rows": 5, "errors": 0}
+    assert result == {"output": expected, "images": 5, "faces": 5, "no_face": 0, "errors": 0}
     rows = read_csv(get_text(buckets, OUT, f"predictions/{IN}/photos/predictions.csv"))
     assert [row["path"] for row in rows] == [f"photos/{i}.png" for i in range(5)]
 
     result = handler({"prefix": f"s3://{IN}/photos/", "output": f"s3://{OUT}/reports/june.csv"}, None)
-    assert result["output"] == f"s3://{OUT}/reports/june.csv" and result["rows"] == 5
+    assert result["output"] == f"s3://{OUT}/reports/june.csv" and result["images"] == 5
     assert len(read_csv(get_text(buckets, OUT, "reports/june.csv"))) == 5
 
 

@@ -46,7 +46,7 @@ def test_cli_scores_a_prefix_of_more_than_one_page_into_an_s3_csv(moto_server, m
     result = run_cli(moto_server, "s3://many/big/", "-o", "s3://many/out/all.csv", "--model", str(tiny_model))
 
     assert result.returncode == 0, result.stderr
-    assert f"scored {MANY} images (0 errors)" in result.stderr and "s3://many/out/all.csv" in result.stderr
+    assert f"scored {MANY} images, {MANY} faces, 0 without a face, 0 errors" in result.stderr and "s3://many/out/all.csv" in result.stderr
     rows = read_csv(get_text(many, "many", "out/all.csv"))
     assert [row["path"] for row in rows] == [f"big/{i:05d}.png" for i in range(MANY)]  # listing order, each once
     assert all(row["emotion"] and row["error"] == "" for row in rows)

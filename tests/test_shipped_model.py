@@ -1,4 +1,5 @@
-"""The model in models/: its accuracy recomputed from the CLI's own CSV, and trainer/runtime identity."""
+"""The models in models/: accuracy recomputed from the CLI's own CSV in every face mode, and trainer/runtime
+identity. `whole` must reproduce the pre-faces CSV exactly; `auto` (the default) must not score worse."""
 from __future__ import annotations
 
 import csv
@@ -15,42 +16,73 @@ from batch_job.preprocessing import CLASSES
 from tests.conftest import REPO, SHARED_DATA, SHIPPED_MODEL, needs_data
 
 REFERENCE_TEST_ACCURACY = 0.6797
+WHOLE_MODE_GOLDEN = REPO / "tests" / "data" / "whole_mode_test_predictions.csv"  # written before faces existed
 
 pytestmark = needs_data
 
 
-def test_the_model_ships_with_the_repository():
+def test_the_models_ship_with_the_repository():
     assert SHIPPED_MODEL.is_file() and SHIPPED_MODEL.stat().st_size < 10_000_000
     assert SHIPPED_MODEL.with_suffix(".keras").is_file()
+    detector = REPO / "models" / "face_detection_yunet.onnx"
+    assert detector.is_file() and detector.stat().st_size < 1_000_000
+    assert "Apache License" in (REPO / "models" / "face_detection_yunet.LICENSE").read_text()
+
+
+def read(path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="module")
-def test_csv(tmp_path_factory):
-    out = tmp_path_factory.mktemp("shipped") / "test.csv"
-    result = subprocess.run([sys.executable, "-m", "batch_job", "run", str(SHARED_DATA / "test"), "-o", str(out)],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
+def csvs(tmp_path_factory) -> dict:
+    folder = tmp_path_factory.mktemp("shipped")
+    out = {}
+    for mode in ("whole", "auto"):
+        out[mode] = folder / f"{mode}.csv"
+        result = subprocess.run([sys.executable, "-m", "batch_job", "run", str(SHARED_DATA / "test"), "-o",
+                                 str(out[mode]), "--faces", mode], cwd=REPO, capture_output=True, text=True,
+                                timeout=300)
+        assert result.returncode == 0, result.stderr
     return out
 
 
-def test_shipped_model_beats_the_reference_on_the_128_test_images(test_csv):
-    result = evaluate(str(test_csv))
+def test_shipped_model_beats_the_reference_on_the_128_test_images(csvs):
+    result = evaluate(str(csvs["auto"]))
     assert result["images"] == 128
     assert result["accuracy"] > REFERENCE_TEST_ACCURACY
 
 
-def test_model_card_metrics_match_what_the_cli_measures(test_csv):
+def test_whole_mode_metrics_match_the_model_card(csvs):
     card = json.loads(EmotionModel().card.properties["metrics"])
-    assert evaluate(str(test_csv))["accuracy"] == pytest.approx(card["test"]["accuracy"], abs=1e-9)
+    assert evaluate(str(csvs["whole"]))["accuracy"] == pytest.approx(card["test"]["accuracy"], abs=1e-9)
 
 
-def test_trainer_pixels_through_the_model_equal_the_cli_rows(test_csv):
+def test_auto_mode_keeps_at_least_the_accuracy_recorded_in_the_model_card(csvs):
+    card = json.loads(EmotionModel().card.properties["metrics"])
+    rows = read(csvs["auto"])
+    assert {row["face"] for row in rows} <= {"1", "2", "3"} and all(row["emotion"] for row in rows)
+    assert evaluate(str(csvs["auto"]))["accuracy"] >= card["test"]["accuracy"]
+
+
+def test_whole_mode_reproduces_the_csv_values_from_before_faces_existed(csvs):
+    golden = {row["path"]: row for row in read(WHOLE_MODE_GOLDEN)}
+    rows = read(csvs["whole"])
+    assert len(rows) == len(golden) == 128
+    for row in rows:
+        before = golden[row["path"]]
+        assert row["face"] == "1" and row["face_score"] == "" and row["error"] == ""
+        assert (row["left"], row["top"], row["width"], row["height"]) == ("0", "0", "48", "48")
+        for column in ("emotion", "confidence", *(f"p_{c}" for c in CLASSES)):
+            assert row[column] == before[column], (row["path"], column)
+
+
+def test_trainer_pixels_through_the_model_equal_the_whole_mode_rows(csvs):
     """Trainer and runtime share one preprocessing: the trainer's arrays give the CLI's probabilities."""
     from trainer.data import list_split, load_pixels
 
     split = list_split(SHARED_DATA, "test")
-    with open(test_csv, newline="") as f:
-        rows = {row["path"]: row for row in csv.DictReader(f)}
+    rows = {row["path"]: row for row in read(csvs["whole"])}
     model = EmotionModel()
     expected = model.predict(load_pixels(split.paths, model.card.channels))
     got = np.array([[float(rows[p.relative_to(SHARED_DATA / "test").as_posix()][f"p_{c}"]) for c in CLASSES]
