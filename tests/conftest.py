@@ -14,8 +14,11 @@ from batch_job.preprocessing import CLASSES
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("EMOTION_DATA_DIR") or REPO.parent / "shared" / "data" / "facial_emotion_images")
 SHIPPED_MODEL = REPO / "models" / "emotion.onnx"
+SHARED_PHOTOS = REPO.parent / "shared" / "photos"
 
 needs_data = pytest.mark.skipif(not (SHARED_DATA / "test").is_dir(), reason=f"dataset not found at {SHARED_DATA}")
+needs_photos = pytest.mark.skipif(not (SHARED_PHOTOS / "astronaut.png").is_file(),
+                                  reason=f"photos not found at {SHARED_PHOTOS}")
 
 
 def build_tiny_onnx(path: Path, seed: int = 0, classes=CLASSES) -> Path:

@@ -12,6 +12,7 @@ from batch_job import events, handler as handler_module
 from batch_job.events import EventError, S3Object
 from batch_job.handler import ConfigError, handler
 from batch_job.sources import SourceError
+from tests.conftest import needs_photos
 from tests.cloud_helpers import (CORRUPT_JPEG, S3_TEST_EVENT_BODY, all_keys, aws, get_text,  # noqa: F401
                                  image_bytes, read_csv, s3_event, s3_record, sqs_event, sqs_record)
 
@@ -270,3 +271,25 @@ def test_output_name_depends_only_on_which_uploads_are_scored():
     assert events.output_name([a, b]) == events.output_name([b, a]) == events.output_name([a, b, a])
     assert events.output_name([a]) != events.output_name([S3Object("in", "x/a.png", "03")])
     assert events.output_name([a]).startswith("in/x/a.png.") and events.output_name([a, b]).startswith("batch-")
+
+
+@needs_photos
+def test_s3_event_with_a_two_face_photo_writes_a_row_per_face(buckets):
+    import io
+
+    from tests.test_faces import canvas, head
+
+    picture = canvas((1200, 700))
+    picture.paste(head(0.6), (80, 100))
+    picture.paste(head(1.2), (600, 300))
+    body = io.BytesIO()
+    picture.save(body, "JPEG", quality=92)
+
+    result = handler(s3_event(upload(buckets, "uploads/two people.jpg", body.getvalue())), None)
+
+    _, rows = only_csv(buckets)
+    assert [(row["path"], row["face"]) for row in rows] == [("uploads/two people.jpg", "1"),
+                                                             ("uploads/two people.jpg", "2")]
+    assert all(row["emotion"] and float(row["face_score"]) > 0.6 for row in rows)
+    assert int(rows[0]["width"]) > int(rows[1]["width"])
+    assert result["images"] == 1 and result["faces"] == 2 and result["errors"] == 0
