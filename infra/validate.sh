@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Offline checks of the SAM template: `sam validate --lint` (SAM transform + cfn-lint rules) and plain
-# cfn-lint. No AWS account, credentials or network needed. Exits non-zero if either finds a problem.
+# Offline checks of the SAM template: `sam validate --lint` (SAM transform + cfn-lint rules), plain cfn-lint,
+# and cfn-lint on the state machine definition files (infra/*.asl.json), which neither opens by itself.
+# No AWS account, credentials or network needed. Exits non-zero if any finds a problem.
 #   Setup once: python3 -m venv .venv-deploy && .venv-deploy/bin/pip install -r requirements/deploy.txt
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,4 +15,8 @@ export AWS_DEFAULT_REGION="${AWS_DEFAULT_REGION:-us-east-1}"  # the lint rules a
 export SAM_CLI_TELEMETRY=0
 "$VENV/bin/sam" validate --lint --template "$TEMPLATE"
 "$VENV/bin/cfn-lint" "$TEMPLATE"
-echo "ok: $TEMPLATE passes sam validate --lint and cfn-lint"
+definitions="$(mktemp "${TMPDIR:-/tmp}/definitions.XXXXXX")"  # JSON is YAML: cfn-lint reads it either way
+trap 'rm -f "$definitions"' EXIT
+"$VENV/bin/python" infra/lint_definitions.py "$TEMPLATE" > "$definitions"
+"$VENV/bin/cfn-lint" "$definitions"
+echo "ok: $TEMPLATE and its state machine definitions pass sam validate --lint and cfn-lint"

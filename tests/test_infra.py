@@ -1,8 +1,11 @@
 """The deployment files say what docs/cloud.md promises: no recursive trigger, private encrypted TLS-only
-buckets, partial batch failures, a dead-letter queue, least-privilege roles, one image for Lambda and
-Batch. Plus `sam validate --lint` and cfn-lint (offline) when the deploy virtualenv is installed."""
+buckets, partial batch failures, a dead-letter queue, least-privilege roles, one image for Lambda, the bulk
+path and Batch; the state machine definition and the deploy-time fixes (concurrency, visibility timeout,
+vCPUs, private subnets, logs, multipart uploads, trust policies, alarms, arm64). Plus `sam validate --lint`
+and cfn-lint (offline, the definition file too) when the deploy virtualenv is installed."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -12,11 +15,14 @@ import tomllib
 import pytest
 import yaml
 
+from batch_job.shard import parse_shard
 from tests.conftest import REPO
 
 TEMPLATE = REPO / "template.yaml"
 DOCKERFILE = REPO / "infra" / "Dockerfile"
 SAM = REPO / ".venv-deploy" / "bin" / "sam"
+ASL = REPO / "infra" / "bulk.asl.json"
+FUNCTIONS = ("ScoringFunction", "BulkScoringFunction")
 
 
 class CfnLoader(yaml.SafeLoader):
@@ -72,8 +78,7 @@ def as_list(value) -> list:
 def test_no_bucket_both_triggers_the_function_and_receives_its_output(template):
     buckets = of_type(template, "AWS::S3::Bucket")
     triggering = {name for name, b in buckets.items() if b["Properties"].get("NotificationConfiguration")}
-    function = template["Resources"]["ScoringFunction"]["Properties"]
-    output_bucket = function["Environment"]["Variables"]["OUTPUT_BUCKET"]["Ref"]
+    output_bucket = template["Globals"]["Function"]["Environment"]["Variables"]["OUTPUT_BUCKET"]["Ref"]
     writable = {name for name in buckets for _, s in statements(template)
                 if s["Effect"] == "Allow" and "s3:PutObject" in as_list(s["Action"]) and refers_to(s["Resource"], name)}
     assert triggering == {"InputBucket"} and output_bucket == "OutputBucket"
@@ -112,9 +117,19 @@ def test_uploads_reach_the_function_through_a_queue_with_a_dead_letter_queue(tem
     assert refers_to(queue["RedrivePolicy"]["deadLetterTargetArn"], "UploadsDeadLetterQueue")
     assert 1 <= queue["RedrivePolicy"]["maxReceiveCount"] <= 10
     params = template["Parameters"]
-    assert queue["VisibilityTimeout"] == {"Ref": "QueueVisibilityTimeout"}
-    assert params["QueueVisibilityTimeout"]["Default"] >= 6 * params["Timeout"]["Default"]
-    assert params["Timeout"]["MaxValue"] <= 900
+    assert params["Timeout"]["Default"] in params["Timeout"]["AllowedValues"] and max(params["Timeout"]["AllowedValues"]) <= 900
+
+
+def test_queue_visibility_timeout_is_derived_from_the_function_timeout(template):
+    """One parameter, not two to keep in step: every allowed Timeout maps to a visibility of 6x it."""
+    queue = template["Resources"]["UploadsQueue"]["Properties"]
+    assert queue["VisibilityTimeout"] == {"Fn::FindInMap": ["QueueVisibility", {"Ref": "Timeout"}, "Seconds"]}
+    table = template["Mappings"]["QueueVisibility"]
+    allowed = template["Parameters"]["Timeout"]["AllowedValues"]
+    assert sorted(int(k) for k in table) == sorted(allowed)
+    assert all(table[str(t)]["Seconds"] == 6 * t <= 43200 for t in allowed)
+    assert "QueueVisibilityTimeout" not in template["Parameters"]
+    assert template["Globals"]["Function"]["Timeout"] == {"Ref": "Timeout"}
 
 
 def test_queue_accepts_notifications_only_from_the_input_bucket(template):
@@ -140,25 +155,52 @@ def test_roles_are_least_privilege(template):
         assert not any(a == "*" or a.endswith(":*") for a in actions), (role, actions)
         assert statement["Resource"] != "*", (role, statement)
     put = [(role, s) for role, s in allowed if "s3:PutObject" in as_list(s["Action"])]
-    assert {role for role, _ in put} == {"ScoringFunctionRole", "BatchJobRole"}
-    assert all(s["Resource"] == {"Fn::Sub": "${OutputBucket.Arn}/*"} for _, s in put)
+    assert {role for role, _ in put} == {"ScoringFunctionRole", "BatchJobRole", "BulkScoringFunctionRole",
+                                         "BulkStateMachineRole"}
+    assert all(s["Resource"] in ({"Fn::Sub": "${OutputBucket.Arn}/*"}, {"Fn::Sub": "${OutputBucket.Arn}/*/_map/*"})
+               for _, s in put)
     reads = [s for _, s in allowed if {"s3:GetObject", "s3:ListBucket"} & set(as_list(s["Action"]))]
-    assert reads and all(refers_to(s["Resource"], "InputBucket") and not refers_to(s["Resource"], "OutputBucket")
-                         for s in reads)
-    function = template["Resources"]["ScoringFunction"]["Properties"]
-    assert function["Role"] == {"Fn::GetAtt": ["ScoringFunctionRole", "Arn"]} and "Policies" not in function
+    assert reads and all(refers_to(s["Resource"], "InputBucket") for s in reads
+                         if not refers_to(s["Resource"], "OutputBucket"))
+    # the output bucket is read only where Step Functions writes: map-run results and inventory manifests
+    output_reads = {s["Resource"]["Fn::Sub"] for s in reads if refers_to(s["Resource"], "OutputBucket")}
+    assert output_reads == {"${OutputBucket.Arn}/*/_map/*", "${OutputBucket.Arn}/inventory/*"}
+    for name in FUNCTIONS:
+        function = template["Resources"][name]["Properties"]
+        assert function["Role"] == {"Fn::GetAtt": [f"{name}Role", "Arn"]} and "Policies" not in function
     sqs = [s for _, s in allowed if any(a.startswith("sqs:") for a in as_list(s["Action"]))]
     assert [s["Resource"] for s in sqs] == [{"Fn::GetAtt": ["UploadsQueue", "Arn"]}]
 
 
-def test_function_is_the_container_image_built_from_infra_dockerfile(template):
-    function = template["Resources"]["ScoringFunction"]
-    assert function["Properties"]["PackageType"] == "Image"
-    assert function["Metadata"]["DockerContext"] == "."
-    assert (REPO / function["Metadata"]["Dockerfile"]) == DOCKERFILE
+def test_functions_are_the_container_image_built_from_infra_dockerfile(template):
+    for name in FUNCTIONS:
+        function = template["Resources"][name]
+        assert function["Properties"]["PackageType"] == "Image"
+        assert function["Metadata"]["DockerContext"] == "."
+        assert (REPO / function["Metadata"]["Dockerfile"]) == DOCKERFILE
+    shared = template["Globals"]["Function"]
     for name in ("MemorySize", "Timeout"):
-        assert function["Properties"][name] == {"Ref": name}
+        assert shared[name] == {"Ref": name}
     assert {"MemorySize", "Timeout", "ReservedConcurrency", "BatchMaxvCpus"} <= set(template["Parameters"])
+
+
+def test_environment_lives_in_globals_so_both_functions_get_every_variable(template):
+    assert set(template["Globals"]["Function"]["Environment"]["Variables"]) >= {"OUTPUT_BUCKET", "OUTPUT_PREFIX"}
+    assert all("Environment" not in template["Resources"][name]["Properties"] for name in FUNCTIONS)
+
+
+def test_bulk_function_runs_the_bulk_handler_with_its_own_reserved_concurrency(template):
+    import importlib
+
+    function = template["Resources"]["BulkScoringFunction"]["Properties"]
+    [command] = function["ImageConfig"]["Command"]
+    module, _, name = command.rpartition(".")
+    assert callable(getattr(importlib.import_module(module), name))
+    assert function["ReservedConcurrentExecutions"] == {"Ref": "BulkMaxConcurrency"}
+    assert function["Timeout"] < 300  # EXPRESS child executions end at 5 minutes, retries included
+    params = template["Parameters"]
+    assert params["BulkMaxConcurrency"]["Default"] <= 30  # ~5,500 GET/s per S3 prefix partition
+    assert params["BulkMaxConcurrency"]["MaxValue"] <= 900  # a reservation leaves 100 of 1,000 unreserved
 
 
 def test_batch_runs_the_cli_on_fargate_with_the_same_image(template):
@@ -172,6 +214,8 @@ def test_batch_runs_the_cli_on_fargate_with_the_same_image(template):
     container = job["ContainerProperties"]
     assert container["Image"] == {"Ref": "BatchImageUri"}
     assert container["Command"][:4] == ["python", "-m", "batch_job", "run"]
+    shard = container["Command"].index("--shard")
+    assert container["Command"][shard + 1] == "Ref::shard" and parse_shard(job["Parameters"]["shard"]) == (0, 1)
     assert refers_to(job["Parameters"]["output"], "OutputBucket") and refers_to(job["Parameters"]["source"], "InputBucket")
     assert set(template["Outputs"]) >= {"InputBucketName", "OutputBucketName", "UploadsQueueUrl", "BatchJobQueueArn"}
 
@@ -213,6 +257,7 @@ def test_samconfig_deploys_with_iam_capability_and_sam_managed_image_repos():
     assert config["global"]["parameters"]["stack_name"] and config["global"]["parameters"]["region"]
     deploy = config["deploy"]["parameters"]
     assert deploy["capabilities"] == "CAPABILITY_IAM" and deploy["resolve_image_repos"] is True
+    assert deploy["resolve_s3"] is True  # the state machine's definition file is uploaded to S3
 
 
 needs_sam = pytest.mark.skipif(not SAM.exists(), reason=f"{SAM} not installed (make setup-deploy)")
@@ -223,7 +268,17 @@ def test_template_passes_sam_validate_lint_and_cfn_lint_offline():
     result = subprocess.run(["bash", str(REPO / "infra" / "validate.sh")], capture_output=True, text=True,
                             timeout=600, cwd=REPO)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "valid SAM Template" in result.stdout
+    assert "valid SAM Template" in result.stdout and "state machine definitions pass" in result.stdout
+
+
+@needs_sam
+def test_validate_script_checks_the_state_machine_definition_file(tmp_path):
+    (tmp_path / "infra").mkdir()
+    (tmp_path / "template.yaml").write_text(TEMPLATE.read_text())
+    (tmp_path / "infra" / "bulk.asl.json").write_text(ASL.read_text().replace('"Type": "Pass"', '"Type": "Passs"'))
+    result = subprocess.run(["bash", str(REPO / "infra" / "validate.sh"), str(tmp_path / "template.yaml")],
+                            capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert result.returncode != 0 and "E3601" in result.stdout + result.stderr
 
 
 @needs_sam
@@ -237,3 +292,163 @@ def test_validate_script_fails_on_a_broken_template(tmp_path):
 
 def test_validate_script_is_executable():
     assert shutil.which(str(REPO / "infra" / "validate.sh"))
+
+
+# ---- the bulk path: state machine definition (infra/bulk.asl.json) and its wiring ----
+
+@pytest.fixture(scope="module")
+def definition() -> dict:
+    return json.loads(ASL.read_text())
+
+
+def map_states(definition: dict) -> dict[str, dict]:
+    return {name: s for name, s in definition["States"].items() if s["Type"] == "Map"}
+
+
+def test_state_machine_is_standard_with_its_definition_in_its_own_file(template):
+    machine = template["Resources"]["BulkStateMachine"]
+    assert machine["Type"] == "AWS::Serverless::StateMachine" and machine["Properties"]["Type"] == "STANDARD"
+    assert REPO / machine["Properties"]["DefinitionUri"] == ASL
+    assert machine["Properties"]["Role"] == {"Fn::GetAtt": ["BulkStateMachineRole", "Arn"]}
+    assert template["Outputs"]["BulkStateMachineArn"]["Value"] == {"Ref": "BulkStateMachine"}
+
+
+def test_definition_parses_and_names_the_function_the_concurrency_parameter_and_the_result_writer_bucket(
+        template, definition):
+    text = ASL.read_text()
+    substitutions = template["Resources"]["BulkStateMachine"]["Properties"]["DefinitionSubstitutions"]
+    assert set(re.findall(r"\$\{(\w+)\}", text)) == set(substitutions)  # nothing unfilled, nothing unused
+    assert substitutions["BulkScoringFunctionArn"] == {"Fn::GetAtt": ["BulkScoringFunction", "Arn"]}
+    assert substitutions["BulkMaxConcurrency"] == {"Ref": "BulkMaxConcurrency"}
+    assert substitutions["OutputBucket"] == {"Ref": "OutputBucket"}
+    assert "BulkMaxConcurrency" in template["Parameters"]
+    settings = definition["States"][definition["StartAt"]]
+    assert settings["Parameters"]["max_concurrency.$"] == "States.StringToJson('${BulkMaxConcurrency}')"
+    maps = map_states(definition)
+    assert set(maps) == {"ScoreListing", "ScoreInventory"}
+    for state in maps.values():
+        assert state["MaxConcurrencyPath"] == f"{settings['ResultPath']}.max_concurrency"
+        assert state["ToleratedFailurePercentagePath"] == f"{settings['ResultPath']}.tolerated_failure_percentage"
+        assert state["ItemProcessor"]["ProcessorConfig"] == {"Mode": "DISTRIBUTED", "ExecutionType": "EXPRESS"}
+        [task] = state["ItemProcessor"]["States"].values()
+        assert task["Parameters"]["FunctionName"] == "${BulkScoringFunctionArn}" and task["Parameters"]["Payload.$"] == "$"
+        writer = state["ResultWriter"]
+        assert writer["Resource"] == "arn:aws:states:::s3:putObject" and writer["Parameters"]["Bucket"] == "${OutputBucket}"
+        assert writer["WriterConfig"] == {"OutputType": "JSONL", "Transformation": "COMPACT"}
+    assert maps["ScoreListing"]["ItemReader"]["Resource"] == "arn:aws:states:::s3:listObjectsV2"
+    assert maps["ScoreInventory"]["ItemReader"]["ReaderConfig"] == {"InputType": "MANIFEST"}
+
+
+def test_itembatcher_stays_under_the_payload_limit_and_carries_bucket_and_output(definition):
+    for name, state in map_states(definition).items():
+        batcher = state["ItemBatcher"]
+        assert 100 <= batcher["MaxItemsPerBatch"] <= 1000
+        assert batcher["MaxInputBytesPerBatch"] <= 256 * 1024 - 32 * 1024  # room for BatchInput and the envelope
+        assert {"bucket.$", "output.$"} <= set(batcher["BatchInput"]), name
+    assert map_states(definition)["ScoreInventory"]["ItemBatcher"]["BatchInput"]["key_encoding"] == "url"
+    assert "key_encoding" not in map_states(definition)["ScoreListing"]["ItemBatcher"]["BatchInput"]  # raw keys
+
+
+def test_both_map_states_are_the_same_but_for_how_items_are_read(definition):
+    listing, inventory = (json.loads(json.dumps(s)) for s in map_states(definition).values())
+    for state in (listing, inventory):
+        for field in ("ItemReader", "Comment"):
+            state.pop(field)
+        state["ItemBatcher"]["BatchInput"].pop("key_encoding", None)
+    assert listing == inventory
+
+
+def test_batches_retry_throttling_and_the_named_retryable_error(definition):
+    from batch_job.bulk import TransientS3Error
+
+    for state in map_states(definition).values():
+        [task] = state["ItemProcessor"]["States"].values()
+        retried = {error for rule in task["Retry"] for error in rule["ErrorEquals"]}
+        assert {TransientS3Error.__name__, "Lambda.TooManyRequestsException", "Lambda.ServiceException"} <= retried
+        assert all(rule["BackoffRate"] >= 2 and rule.get("JitterStrategy") == "FULL" for rule in task["Retry"])
+        assert "States.ALL" not in retried  # a batch that fails for another reason is a failed item, not a loop
+    summary = definition["States"]["WriteSummary"]
+    assert summary["Parameters"]["Payload"]["summary"]["results.$"] == "$.map.ResultWriterDetails"
+    assert summary.get("End") is True and all(s.get("Next") == "WriteSummary" for s in map_states(definition).values())
+
+
+def test_state_machine_role_invokes_only_the_bulk_function_and_lists_only_the_input(template):
+    role = [s for name, s in statements(template) if name == "BulkStateMachineRole"]
+    invoke = [s for s in role if "lambda:InvokeFunction" in as_list(s["Action"])]
+    assert [r for s in invoke for r in as_list(s["Resource"])] == [
+        {"Fn::GetAtt": ["BulkScoringFunction", "Arn"]}, {"Fn::Sub": "${BulkScoringFunction.Arn}:*"}]
+    lists = [s for s in role if "s3:ListBucket" in as_list(s["Action"])]
+    assert [s["Resource"] for s in lists] == [{"Fn::GetAtt": ["InputBucket", "Arn"]}]
+    starts = [s for s in role if "states:StartExecution" in as_list(s["Action"])]
+    name = template["Resources"]["BulkStateMachine"]["Properties"]["Name"]["Fn::Sub"]
+    assert [s["Resource"]["Fn::Sub"].endswith(f":stateMachine:{name}") for s in starts] == [True]
+
+
+# ---- the deploy-time fixes ----
+
+def test_reserved_concurrency_is_zero_or_at_least_two(template):
+    params = template["Parameters"]["ReservedConcurrency"]
+    assert params["MinValue"] == 0 and params["MaxValue"] <= 900  # 100 of the default 1,000 stay unreserved
+    [assertion] = template["Rules"]["ReservedConcurrencyIsZeroOrAtLeastTwo"]["Assertions"]
+    assert assertion["Assert"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "ReservedConcurrency"}, "1"]}]}
+
+
+def test_batch_max_vcpus_fits_at_least_one_job(template):
+    container = template["Resources"]["BatchJobDefinition"]["Properties"]["ContainerProperties"]
+    vcpus = next(int(r["Value"]) for r in container["ResourceRequirements"] if r["Type"] == "VCPU")
+    assert template["Parameters"]["BatchMaxvCpus"]["MinValue"] >= vcpus
+
+
+def test_private_subnets_get_vpc_endpoints_or_a_nat_and_public_ip_only_in_public_ones(template):
+    resources, params = template["Resources"], template["Parameters"]
+    assert params["BatchNetwork"]["AllowedValues"] == ["public", "private-nat", "private-endpoints"]
+    endpoints = {r["Properties"]["ServiceName"]["Fn::Sub"].rsplit(".", 1)[-1]: r
+                 for r in of_type(template, "AWS::EC2::VPCEndpoint").values()}
+    assert set(endpoints) == {"api", "dkr", "logs", "s3"}
+    assert all(r["Condition"] == "PrivateEndpoints" for r in endpoints.values())
+    assert endpoints["s3"]["Properties"]["VpcEndpointType"] == "Gateway"
+    assert endpoints["s3"]["Properties"]["RouteTableIds"] == {"Ref": "RouteTableIds"}
+    rule = template["Rules"]["PrivateEndpointsNeedRouteTables"]
+    assert rule["RuleCondition"] == {"Fn::Equals": [{"Ref": "BatchNetwork"}, "private-endpoints"]}
+    network = resources["BatchJobDefinition"]["Properties"]["ContainerProperties"]["NetworkConfiguration"]
+    assert network["AssignPublicIp"] == {"Fn::If": ["PublicBatchNetwork", "ENABLED", "DISABLED"]}
+
+
+def test_batch_jobs_log_to_their_own_log_group_with_retention(template):
+    logs = template["Resources"]["BatchJobDefinition"]["Properties"]["ContainerProperties"]["LogConfiguration"]
+    assert logs["LogDriver"] == "awslogs" and logs["Options"]["awslogs-group"] == {"Ref": "BatchLogGroup"}
+    assert template["Resources"]["BatchLogGroup"]["Properties"]["RetentionInDays"] <= 365
+    assert all(g["Properties"].get("RetentionInDays") for g in of_type(template, "AWS::Logs::LogGroup").values())
+
+
+def test_every_writer_of_csvs_may_abort_its_multipart_uploads(template):
+    for role, statement in statements(template):
+        actions = as_list(statement["Action"])
+        if "s3:PutObject" in actions:
+            assert "s3:AbortMultipartUpload" in actions, role
+
+
+def test_ecs_tasks_trust_policies_name_the_source_account(template):
+    trusted = [(name, s) for name, role in of_type(template, "AWS::IAM::Role").items()
+               for s in role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+               if s["Principal"].get("Service") in ("ecs-tasks.amazonaws.com", "states.amazonaws.com")]
+    assert {name for name, _ in trusted} == {"BatchExecutionRole", "BatchJobRole", "BulkStateMachineRole"}
+    assert all(s["Condition"]["StringEquals"]["aws:SourceAccount"] == {"Ref": "AWS::AccountId"} for _, s in trusted)
+
+
+def test_alarms_watch_the_dead_letter_queue_function_errors_and_failed_runs(template):
+    alarms = {(a["Properties"]["Namespace"], a["Properties"]["MetricName"]): a["Properties"]
+              for a in of_type(template, "AWS::CloudWatch::Alarm").values()}
+    dlq = alarms[("AWS/SQS", "ApproximateNumberOfMessagesVisible")]
+    assert dlq["Dimensions"][0]["Value"] == {"Fn::GetAtt": ["UploadsDeadLetterQueue", "QueueName"]}
+    assert alarms[("AWS/Lambda", "Errors")]["Dimensions"][0]["Value"] == {"Ref": "ScoringFunction"}
+    assert alarms[("AWS/States", "ExecutionsFailed")]["Dimensions"][0]["Value"] == {"Ref": "BulkStateMachine"}
+    assert all(a["Threshold"] == 0 and a["ComparisonOperator"] == "GreaterThanThreshold" for a in alarms.values())
+
+
+def test_arm64_is_an_option_for_the_one_image_and_x86_64_the_default(template):
+    params = template["Parameters"]["Architecture"]
+    assert params["Default"] == "x86_64" and params["AllowedValues"] == ["x86_64", "arm64"]
+    assert template["Globals"]["Function"]["Architectures"] == [{"Ref": "Architecture"}]
+    platform = template["Resources"]["BatchJobDefinition"]["Properties"]["ContainerProperties"]["RuntimePlatform"]
+    assert platform["CpuArchitecture"] == {"Fn::If": ["IsArm64", "ARM64", "X86_64"]}
