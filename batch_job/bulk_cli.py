@@ -18,6 +18,7 @@ import sys
 import time
 
 from batch_job import bulk_run, s3
+from batch_job.events import EventError
 
 DEFAULT_STACK = "emotion-batch"
 COMMANDS = ("submit", "status", "merge")
@@ -56,6 +57,8 @@ def register(subparsers) -> None:
     merge = subparsers.add_parser("merge", help="one CSV from the parts of a run (for runs small enough to want one)")
     merge.add_argument("run", help="run folder: s3://bucket/runs/NAME/ or a local folder holding parts/")
     merge.add_argument("-o", "--output", default="-", help="CSV to write, s3://bucket/key.csv, or '-' (default)")
+    merge.add_argument("--athena", metavar="TABLE", help="print an Athena CREATE EXTERNAL TABLE over the run's "
+                                                         "parts/ instead of merging (any size of run)")
 
 
 def dispatch(args: argparse.Namespace) -> int | None:
@@ -66,7 +69,7 @@ def dispatch(args: argparse.Namespace) -> int | None:
 
     try:
         return {"submit": submit, "status": status, "merge": merge}[args.command](args)
-    except (BulkError, bulk_run.MergeError) as error:
+    except (BulkError, bulk_run.MergeError, EventError) as error:
         print(f"error: {error}", file=sys.stderr)
     except (ClientError, BotoCoreError) as error:
         print(f"error: {s3.describe(error)}", file=sys.stderr)
@@ -275,6 +278,9 @@ def merge(args: argparse.Namespace) -> int:
     or upload)."""
     from batch_job.cli import FatalError, open_output
 
+    if args.athena:
+        print(bulk_run.athena_ddl(args.athena, args.run if args.run.endswith("/") else args.run + "/"))
+        return EXIT_OK
     if s3.is_s3_url(args.run):
         run = args.run if args.run.endswith("/") else args.run + "/"
         if bulk_run.read_summary(run) is None:

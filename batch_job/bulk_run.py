@@ -5,14 +5,16 @@
       _map/<map run id>/...      Step Functions' ResultWriter: manifest.json, SUCCEEDED_*, FAILED_*, PENDING_*
       _SUCCESS.json              written last, by the state machine's final step: the run's totals
 
-There is deliberately no single merged CSV at this scale: Athena reads parts/ as one table (docs/cloud.md).
-`python -m batch_job merge` concatenates the parts of a run small enough to want one file.
+There is deliberately no single merged CSV at this scale: Athena reads parts/ as one table (athena_ddl;
+`python -m batch_job merge RUN --athena TABLE` prints it). `python -m batch_job merge` concatenates the parts
+of a run small enough to want one file.
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Iterator
@@ -124,7 +126,22 @@ def read_summary(run: str) -> dict | None:
         raise
 
 
-# ---- merge: the parts of a (small) run -> one CSV ----
+# ---- one table from the parts: Athena over parts/, or merge into one CSV (small runs) ----
+
+def athena_ddl(table: str, run: str, columns: list[str] | None = None) -> str:
+    """CREATE EXTERNAL TABLE over <run>parts/ with the CSV's columns as they are today (all strings: the
+    CSV SerDe reads text; cast in queries, e.g. CAST(confidence AS double))."""
+    from batch_job.csv_output import COLUMNS
+
+    bucket, prefix = split_run_url(run)
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,254}", table):
+        raise MergeError(f"Athena table names are lowercase letters, digits and '_': {table!r}")
+    fields = ",\n".join(f"  `{name}` string" for name in (columns or COLUMNS))
+    return (f"CREATE EXTERNAL TABLE {table} (\n{fields}\n)\n"
+            "ROW FORMAT SERDE 'org.apache.hadoop.hive.serde2.OpenCSVSerde'\n"
+            f"LOCATION 's3://{bucket}/{prefix}{PARTS}'\n"
+            "TBLPROPERTIES ('skip.header.line.count'='1');")
+
 
 def part_texts(run: str) -> Iterator[tuple[str, str]]:
     """(name, CSV text) of every part of a run folder, s3://bucket/run/ or a local folder, in name order."""

@@ -209,3 +209,13 @@ def test_merge_writes_one_csv_from_a_runs_parts_and_warns_when_unfinished(sfn, t
 def test_merge_of_a_folder_without_parts_is_a_one_line_error(tmp_path, capsys):
     assert cli("merge", str(tmp_path), "-o", str(tmp_path / "x.csv")) == 1
     assert capsys.readouterr().err.startswith("error: no parts found")
+
+
+def test_athena_ddl_reads_the_parts_folder_with_todays_columns(capsys):
+    assert cli("merge", f"s3://{OUT}/runs/june", "--athena", "june_2026") == 0
+    ddl = capsys.readouterr().out
+    assert ddl.startswith("CREATE EXTERNAL TABLE june_2026 (") and f"LOCATION 's3://{OUT}/runs/june/parts/'" in ddl
+    assert re.findall(r"`(\w+)` string", ddl) == COLUMNS  # whatever the CSV's columns are, in order
+    assert "'skip.header.line.count'='1'" in ddl
+    assert cli("merge", f"s3://{OUT}/runs/june/", "--athena", "June-2026") == 1
+    assert "lowercase" in capsys.readouterr().err
