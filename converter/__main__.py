@@ -22,13 +22,16 @@ def main(argv=None) -> int:
         return 1
     try:
         card = export(path, args.output, args.data, args.tolerance)
-    except (ParityError, FileNotFoundError) as error:
+    except (ParityError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     metrics, parity = card["metrics"], card["parity"]
     print(f"wrote {args.output}: parity max |diff| {parity['max_abs_diff']:.2g} on {parity['images']} images; "
           f"test acc {metrics['test']['accuracy']:.4f} (unique {metrics['test_unique']['accuracy']:.4f}), "
-          f"validation acc {metrics['validation']['accuracy']:.4f}; onnxruntime "
+          f"validation acc {metrics['validation']['accuracy']:.4f}"
+          + "".join(f", {name} {metrics[name]['accuracy']:.4f} (n {metrics[name]['n']})"
+                    for name in ("peer", "fer_plus") if name in metrics)
+          + "; onnxruntime "
           f"{card['onnx_images_per_second']['images_per_second']:,.0f} images/s here")
     return 0
 

@@ -88,37 +88,35 @@ def model_card(name: str, channels: int, parity: Parity, metrics: dict) -> dict[
 
 
 def export(keras_path: Path, output: Path, data_root: str | None = None, tolerance: float = 1e-4) -> dict:
-    """Convert, prove parity on real validation images, measure accuracy of the ONNX graph, write the card."""
+    """Convert, prove parity on real validation and test images, score the ONNX graph with trainer/evaluation.py
+    (the trainer's own metrics code, on the same subsets), write the card."""
     import keras
     import onnx
 
     import trainer.models  # noqa: F401  registers the custom layers (HorizontalFlip) a saved ensemble uses
-    from trainer import data as dataset
-    from trainer.report import scores
+    from trainer import evaluation
 
     model = keras.models.load_model(keras_path, compile=False)
+    if int(model.output_shape[-1]) != len(CLASSES):
+        raise ValueError(f"{keras_path} has {model.output_shape[-1]} outputs; the runtime serves {len(CLASSES)} "
+                          f"({', '.join(CLASSES)}): export a run's four-class model.keras")
     channels = int(model.input_shape[-1])
-    root = dataset.data_dir(data_root)
-    splits = dataset.load_splits(root, drop_test_duplicates=False)
+    data = evaluation.load(data_root)
     proto = to_onnx(model, channels)
 
     onnx_bytes = proto.SerializeToString()
-    unique = {"validation": dataset.unseen_mask(splits["validation"], splits["train"]),  # no copy in train
-              "test": dataset.unseen_mask(splits["test"], splits["train"], splits["validation"])}
-    metrics, pixels = {}, {}
-    parity = None
-    for name in ("validation", "test"):
-        split = splits[name]
-        pixels[name] = dataset.load_pixels(split.paths, channels)
-        split_parity, probs = check_parity(model, onnx_bytes, pixels[name], tolerance)
+    probabilities, parity = {}, None
+    for name, gray in data.pixels.items():
+        pixels = np.repeat(gray, channels, axis=3) if channels != 1 else gray
+        split_parity, probabilities[name] = check_parity(model, onnx_bytes, pixels, tolerance)
         parity = split_parity if parity is None else Parity(parity.images + split_parity.images,
                                                             max(parity.max_abs_diff, split_parity.max_abs_diff),
                                                             min(parity.argmax_agreement, split_parity.argmax_agreement))
-        predicted = probs.argmax(1)
-        metrics[name] = scores(split.labels, predicted)
-        metrics[f"{name}_unique"] = scores(split.labels[unique[name]], predicted[unique[name]])
+    metrics = evaluation.metrics_from_probabilities(probabilities, data)
 
-    speed = round(onnx_images_per_second(onnx_bytes, pixels["validation"]), 1)
+    validation = data.pixels["validation"]
+    speed = round(onnx_images_per_second(onnx_bytes, np.repeat(validation, channels, axis=3)
+                                         if channels != 1 else validation), 1)
     card = model_card(keras_path.parent.name if keras_path.name == "model.keras" else keras_path.stem,
                       channels, parity, metrics)
     card["onnx_images_per_second"] = json.dumps({"images_per_second": speed, "batch": 256,

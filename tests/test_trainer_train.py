@@ -51,8 +51,11 @@ def test_tiny_run_writes_the_run_folder_and_compare_reads_it(tmp_path):
     assert {p.name for p in run_dir.iterdir()} == RUN_FILES
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["test"]["n"] == 8 and metrics["test_unique"]["n"] == 7  # test/sad/0.jpg has a copy in train
-    assert metrics["validation"]["n"] == 10  # the re-encoded copy of a test image was dropped
-    assert metrics["validation_unique"]["n"] == 9  # validation/happy/copy_of_train.jpg is a copy of a train image
+    # reported on the whole validation folder (trainer/evaluation.py), though training selected its epoch without
+    # validation/happy/requality.jpg, a re-encoded copy of a test image
+    assert metrics["validation"]["n"] == 11
+    assert metrics["validation_unique"]["n"] == 10  # validation/happy/copy_of_train.jpg is a copy of a train image
+    assert metrics["peer"]["n"] == 0  # no file is named after a FER2013 test-part row
     assert json.loads((run_dir / "config.json").read_text())["drop_near_duplicates"] is True
     row = load_runs(tmp_path / "runs").iloc[0]
     assert (row["model"], row["note"], row["test acc"]) == ("tiny", "plumbing only", metrics["test"]["accuracy"])

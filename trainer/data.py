@@ -20,6 +20,13 @@ SPLITS = ("train", "validation", "test")
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "facial_emotion_images"
 
 
+def extra_dir(root: Path) -> Path | None:
+    """facial_emotion_images_extra (angry, disgust, fear; auxiliary training only): $EMOTION_EXTRA_DIR, else
+    beside the dataset folder; None when it is not there."""
+    path = Path(os.environ.get("EMOTION_EXTRA_DIR") or Path(root).parent / "facial_emotion_images_extra")
+    return path if path.is_dir() else None
+
+
 def data_dir(override: str | os.PathLike | None = None) -> Path:
     path = Path(override or os.environ.get("EMOTION_DATA_DIR") or DEFAULT_DATA_DIR)
     if not (path / "train").is_dir():
@@ -43,10 +50,11 @@ class Split:
         return Split([self.paths[i] for i in idx], self.labels[idx], [self.digests[i] for i in idx])
 
 
-def list_split(root: Path, split: str) -> Split:
+def list_split(root: Path, split: str, classes: tuple[str, ...] = CLASSES) -> Split:
+    """Every file of root/split/<class>/ in class order, then name order; labels index `classes`."""
     paths, labels = [], []
-    for label, name in enumerate(CLASSES):
-        for path in sorted((root / split / name).glob("*")):
+    for label, name in enumerate(classes):
+        for path in sorted((Path(root) / split / name).glob("*")):
             if path.is_file():
                 paths.append(path)
                 labels.append(label)

@@ -61,12 +61,8 @@ def run_ensemble(run_dirs: list[Path], tta: bool, runs_dir: Path, name: str | No
               "note": ("mirror-image TTA, " if tta else "") + f"mean of {len(run_dirs)} run(s)"}
     (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
-    root = dataset.data_dir(data_root)
-    splits = dataset.load_splits(root)  # the default a trained run scores on: copies of test images dropped
-    x = {s: dataset.load_pixels(splits[s].paths, 1) for s in ("validation", "test")}
-    y = {s: splits[s].labels for s in ("validation", "test")}
     member_seconds = [json.loads((r / "metrics.json").read_text()).get("train_seconds", np.nan)
                       if (r / "metrics.json").is_file() else np.nan for r in run_dirs]
-    report.write_run_report(run_dir, model, SimpleNamespace(name=name, model="ensemble", channels=1), x, y, root,
-                            splits, float(np.sum(member_seconds)))
+    report.write_run_report(run_dir, model, SimpleNamespace(name=name, model="ensemble"),
+                            dataset.data_dir(data_root), float(np.sum(member_seconds)))
     return run_dir

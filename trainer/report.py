@@ -11,19 +11,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from sklearn.metrics import (accuracy_score, classification_report, confusion_matrix, f1_score,  # noqa: E402
-                             precision_recall_fscore_support)
+from sklearn.metrics import classification_report, confusion_matrix  # noqa: E402
 
 from batch_job.preprocessing import CLASSES  # noqa: E402
-from trainer import data as dataset  # noqa: E402
-
-
-def scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
-    """The reference study's columns (weighted P/R/F1, accuracy) plus macro F1."""
-    precision, recall, f1, _ = precision_recall_fscore_support(y_true, y_pred, average="weighted", zero_division=0)
-    return {"accuracy": float(accuracy_score(y_true, y_pred)), "precision": float(precision),
-            "recall": float(recall), "f1": float(f1),
-            "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)), "n": int(len(y_true))}
+from trainer import evaluation  # noqa: E402
 
 
 def markdown_table(frame: pd.DataFrame, floatfmt: str = "{:.4f}") -> str:
@@ -78,32 +69,30 @@ def keras_images_per_second(model, x: np.ndarray, batch_size: int = 256) -> floa
     return len(x) / (time.perf_counter() - started)
 
 
-def write_run_report(run_dir: Path, model, config, x: dict, y: dict, root: Path, splits: dict,
-                     train_seconds: float) -> dict:
-    """Score on validation and test (also on their images with no copy in the training data) and write the run
-    folder's report. `splits` are the ones the run trained with (trainer.data.load_splits of `root`)."""
-    unique_test = dataset.unique_test_mask(root)
-    unique_validation = dataset.unseen_mask(splits["validation"], splits["train"])
-    test_names = [str(p.relative_to(root)) for p in splits["test"].paths]
-    probs = {name: model.predict(x[name].astype(np.float32), batch_size=256, verbose=0)
-             for name in ("validation", "test")}
+def write_run_report(run_dir: Path, model, config, root: Path, train_seconds: float,
+                     data: evaluation.EvaluationData | None = None) -> dict:
+    """Score the run's model.keras (`model`, four outputs) with trainer/evaluation.py on every subset and write the
+    run folder's report: metrics.json, classification report and confusion matrix (test), test predictions."""
+    data = data or evaluation.load(root)
+    predict = evaluation.keras_predict(model)
+    subsets, probs = evaluation.evaluate(predict, data)
     pred = {name: p.argmax(axis=1) for name, p in probs.items()}
+    y_test = data.splits["test"].labels
+    channels = int(model.input_shape[-1])
     metrics = {
-        "name": config.name, "model": config.model, "channels": config.channels,
+        "name": config.name, "model": config.model, "channels": channels,
         "parameters": int(model.count_params()),
         "size_mb": round((run_dir / "model.keras").stat().st_size / 1e6, 3),
         "train_seconds": round(train_seconds, 1),
         "epochs_run": int(len(pd.read_csv(history))) if (history := run_dir / "history.csv").is_file() else None,
-        "keras_images_per_second": round(keras_images_per_second(model, x["validation"]), 1),
-        "validation": scores(y["validation"], pred["validation"]),
-        "test": scores(y["test"], pred["test"]),
-        "test_unique": scores(y["test"][unique_test], pred["test"][unique_test]),
-        "validation_unique": scores(y["validation"][unique_validation], pred["validation"][unique_validation]),
+        "keras_images_per_second": round(keras_images_per_second(
+            model, np.repeat(data.pixels["validation"], channels, axis=3)), 1),
+        **subsets,
     }
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (run_dir / "classification_report.txt").write_text(
-        classification_report(y["test"], pred["test"], target_names=list(CLASSES), digits=4, zero_division=0))
-    matrix = confusion_matrix(y["test"], pred["test"], labels=range(len(CLASSES)))
+        classification_report(y_test, pred["test"], target_names=list(CLASSES), digits=4, zero_division=0))
+    matrix = confusion_matrix(y_test, pred["test"], labels=range(len(CLASSES)))
     pd.DataFrame(matrix, index=list(CLASSES), columns=list(CLASSES)).to_csv(run_dir / "confusion_matrix.csv")
     plot_confusion(matrix, f"{config.name}: test (acc {metrics['test']['accuracy']:.3f})",
                    run_dir / "confusion_matrix.png")
@@ -111,11 +100,34 @@ def write_run_report(run_dir: Path, model, config, x: dict, y: dict, root: Path,
         plot_learning_curves(history, run_dir / "learning_curves.png")
     table = pd.DataFrame(probs["test"], columns=[f"p_{c}" for c in CLASSES]).round(6)
     table.insert(0, "predicted", [CLASSES[i] for i in pred["test"]])
-    table.insert(0, "label", [CLASSES[i] for i in y["test"]])
-    table.insert(0, "path", test_names)
-    table.insert(3, "unique", unique_test)
+    table.insert(0, "label", [CLASSES[i] for i in y_test])
+    table.insert(0, "path", data.names("test"))
+    table.insert(3, "unique", data.masks["test_unique"])
     table.to_csv(run_dir / "test_predictions.csv", index=False)
-    print(f"[{config.name}] test acc {metrics['test']['accuracy']:.4f} "
-          f"(unique {metrics['test_unique']['accuracy']:.4f}), validation acc "
-          f"{metrics['validation']['accuracy']:.4f} -> {run_dir}", flush=True)
+    print(f"[{config.name}] " + ", ".join(f"{name} {s['accuracy']:.4f} (n {s['n']})" for name, s in subsets.items()
+                                          if s["n"])
+          + f" -> {run_dir}", flush=True)
     return metrics
+
+
+def rescore_run(run_dir: Path, model_path: Path | None = None, root: Path | None = None) -> dict:
+    """Recompute a finished run's scores with trainer/evaluation.py from its model file (default
+    run_dir/model.keras), keeping what the run measured itself (training time, speeds): how runs scored
+    before a subset existed get its numbers without training again."""
+    import keras
+
+    import trainer.models  # noqa: F401  registers the custom layers saved models use
+
+    run_dir = Path(run_dir)
+    model_path = Path(model_path or run_dir / "model.keras")
+    record_path = run_dir / "metrics.json"
+    if not record_path.is_file():
+        raise FileNotFoundError(f"{run_dir}: no metrics.json (not a finished run)")
+    model = keras.models.load_model(model_path, compile=False)
+    subsets, _ = evaluation.evaluate(evaluation.keras_predict(model), evaluation.load(root))
+    record = json.loads(record_path.read_text())
+    record.update(subsets)
+    record_path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"[{record.get('name', run_dir.name)}] rescored from {model_path}:", flush=True)
+    print(evaluation.summary(subsets).to_string(index=False), flush=True)
+    return record

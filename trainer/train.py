@@ -148,5 +148,5 @@ def run(config: TrainConfig, data_root: str | None = None, runs_dir: Path = RUNS
 
     best = keras.models.load_model(best_path, compile=False)
     best.save(best_path)  # re-save without optimizer state: a third of the size
-    report.write_run_report(run_dir, best, config, x, y, root, splits, train_seconds)
+    report.write_run_report(run_dir, best, config, root, train_seconds)
     return run_dir
