@@ -17,7 +17,7 @@ import json
 import re
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Callable, Iterable, Iterator
 
 from batch_job import s3
 from batch_job.events import EventError
@@ -37,13 +37,18 @@ def split_run_url(url: object) -> tuple[str, str]:
 
 # ---- the final step: ResultWriter's manifest -> totals -> _SUCCESS.json ----
 
-def result_records(text: str) -> Iterator[dict]:
-    """The records of one ResultWriter file: JSON Lines (the definition asks for them) or a JSON array."""
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        yield from json.loads(stripped)
+def result_records(lines: Iterable[str]) -> Iterator[dict]:
+    """The records of one ResultWriter file, read line by line: JSON Lines (what the definition asks for;
+    a run of 1B images has a million of them) or, for a JSON array, the whole file at once."""
+    lines = iter(lines)
+    first = next((line for line in lines if line.strip()), None)
+    if first is None:
         return
-    for line in text.splitlines():
+    if first.lstrip().startswith("["):
+        yield from json.loads(first + "".join(lines))
+        return
+    yield json.loads(first)
+    for line in lines:
         if line.strip():
             yield json.loads(line)
 
@@ -64,21 +69,21 @@ def batch_items(record: dict) -> int:
     return len(batch.get("Items", ())) if isinstance(batch, dict) else 0
 
 
-def totals(manifest: dict, read_text) -> dict:
-    """Add up a map run from its ResultWriter manifest; read_text(bucket, key) fetches each results file."""
+def totals(manifest: dict, read_lines: Callable[[str, str], Iterable[str]]) -> dict:
+    """Add up a map run from its ResultWriter manifest; read_lines(bucket, key) streams each results file."""
     bucket = manifest.get("DestinationBucket")
     files = manifest.get("ResultFiles", {})
     sums = {"objects": 0, "rows": 0, "errors": 0, "skipped": 0, "parts": 0,
             "failed_batches": 0, "failed_objects": 0, "pending_batches": 0}
     for entry in files.get("SUCCEEDED", ()):
-        for record in result_records(read_text(bucket, entry["Key"])):
+        for record in result_records(read_lines(bucket, entry["Key"])):
             output = batch_output(record)
             for name in ("objects", "rows", "errors", "skipped"):
                 sums[name] += int(output.get(name) or 0)
             sums["parts"] += bool(output.get("part"))
     for status, name in (("FAILED", "failed"), ("PENDING", "pending")):
         for entry in files.get(status, ()):
-            for record in result_records(read_text(bucket, entry["Key"])):
+            for record in result_records(read_lines(bucket, entry["Key"])):
                 sums[f"{name}_batches"] += 1
                 if name == "failed":
                     sums["failed_objects"] += batch_items(record)
@@ -96,7 +101,7 @@ def write_summary(request: dict, now: datetime | None = None) -> dict:
     bucket, prefix = split_run_url(request.get("output"))
     results = request["results"]
     manifest = json.loads(_read_text(results["Bucket"], results["Key"]))
-    summary = totals(manifest, _read_text)
+    summary = totals(manifest, _read_lines)
     finished = now or datetime.now(timezone.utc)
     started = request.get("started")
     summary["seconds"] = round((finished - _parse_time(started)).total_seconds(), 3) if started else None
@@ -111,6 +116,12 @@ def write_summary(request: dict, now: datetime | None = None) -> dict:
 
 def _read_text(bucket: str, key: str) -> str:
     return s3.client().get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8")
+
+
+def _read_lines(bucket: str, key: str) -> Iterator[str]:
+    body = s3.client().get_object(Bucket=bucket, Key=key)["Body"]
+    for line in body.iter_lines(keepends=True):
+        yield line.decode("utf-8")
 
 
 def read_summary(run: str) -> dict | None:

@@ -239,7 +239,7 @@ def test_results_in_none_transformation_json_arrays_are_read_too():
     record = {"ExecutionArn": "x", "Output": json.dumps({"part": "p", "objects": 3, "rows": 3, "errors": 1,
                                                          "skipped": 0}), "Status": "SUCCEEDED"}
     manifest = {"DestinationBucket": "b", "ResultFiles": {"SUCCEEDED": [{"Key": "k"}]}}
-    sums = bulk_run.totals(manifest, lambda bucket, key: json.dumps([record, record]))
+    sums = bulk_run.totals(manifest, lambda bucket, key: json.dumps([record, record], indent=1).splitlines(True))
     assert sums["rows"] == 6 and sums["errors"] == 2 and sums["parts"] == 2
 
 
