@@ -50,6 +50,16 @@ def parse_shard(text: str, env: Mapping[str, str] = os.environ) -> tuple[int, in
     return index, count
 
 
+def shard_argument(text: str) -> tuple[int, int]:
+    """parse_shard for argparse (type=shard_argument): a bad --shard is a usage error (exit status 2)."""
+    import argparse
+
+    try:
+        return parse_shard(text)
+    except ShardError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def shard_of(path: str, count: int) -> int:
     """The shard (0 to count-1) that scores `path`: the same answer on every machine and every run."""
     digest = hashlib.sha256(path.encode("utf-8")).digest()

@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from batch_job.shard import ShardError, in_shard, output_for, parse_shard, shard_of
+from batch_job.shard import ShardError, in_shard, output_for, parse_shard, shard_argument, shard_of
 from batch_job.sources import Item
 from tests.conftest import REPO
 
@@ -77,3 +77,14 @@ def test_a_folder_destination_gets_the_run_layout_and_a_file_is_kept():
     assert output_for("s3://out/x.csv", 3, 16) == "s3://out/x.csv"
     names = [output_for("r/", i, 12) for i in range(12)]
     assert names == sorted(names) and len(set(names)) == 12
+
+
+def test_a_bad_shard_on_the_command_line_is_a_usage_error(capsys):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--shard", type=shard_argument)
+    assert parser.parse_args(["--shard", "3/16"]).shard == (3, 16)
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(["--shard", "16/16"])
+    assert exit_.value.code == 2 and "0 to 15" in capsys.readouterr().err
