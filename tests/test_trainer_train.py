@@ -15,7 +15,8 @@ from trainer.config import config_from_dict  # noqa: E402
 from trainer.train import mixup, run, train_dataset  # noqa: E402
 
 RUN_FILES = {"config.json", "history.csv", "metrics.json", "model.keras", "learning_curves.png",
-             "confusion_matrix.png", "confusion_matrix.csv", "classification_report.txt", "test_predictions.csv"}
+             "confusion_matrix.png", "confusion_matrix.csv", "classification_report.txt", "test_predictions.csv",
+             "checkpoint"}
 
 
 def test_mixup_mixes_images_and_labels_with_the_same_weight():

@@ -1,6 +1,6 @@
 """python -m trainer {run,run-all,compare,audit,ensemble,peer,rescore}: train, tabulate, audit, score.
 
-  run CONFIG [--data DIR] [--runs-dir DIR]          one experiment -> runs/<name>/
+  run CONFIG [--resume] [--epochs-now N]            one experiment -> runs/<name>/ (checkpointed every epoch)
   run-all [--only NAME ...] [--force] [--dry-run]   every config in trainer/configs (not ci_tiny), one by one
   compare [--runs-dir runs] [--out results]         runs/*/metrics.json -> results/results.{csv,md,png}
   audit [DATA_DIR] [--out results/audit]            class counts, duplicates, near-duplicates, label conflicts
@@ -33,11 +33,12 @@ def cmd_run(args) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    from trainer.checkpoint import CheckpointMismatch
     from trainer.train import run
 
     try:
-        run(config, args.data, args.runs_dir)
-    except FileNotFoundError as error:
+        run(config, args.data, args.runs_dir, resume=args.resume, epochs_now=args.epochs_now)
+    except (FileNotFoundError, CheckpointMismatch) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0
@@ -93,7 +94,7 @@ def cmd_run_all(args) -> int:
             continue
         started = time.perf_counter()
         try:
-            run(config, args.data, args.runs_dir)
+            run(config, args.data, args.runs_dir, resume=args.resume)
         except Exception as error:  # one failed experiment must not stop the rest of the queue
             print(f"[{config.name}] FAILED: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
             failed.append(config.name)
@@ -180,12 +181,17 @@ def main(argv=None) -> int:
     run_p.add_argument("config", type=Path)
     _data_arg(run_p)
     run_p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where run folders go (default runs/)")
+    run_p.add_argument("--resume", action="store_true",
+                       help="continue from runs/<name>/checkpoint/ (written after every epoch) when there is one")
+    run_p.add_argument("--epochs-now", type=int, metavar="N",
+                       help="train at most N epochs now, then stop with a checkpoint (continue with --resume)")
     run_p.set_defaults(func=cmd_run)
 
     all_p = sub.add_parser("run-all", help="train every config in trainer/configs, one after another")
     all_p.add_argument("--only", nargs="+", metavar="NAME", help="just these configs (file names without .toml)")
     all_p.add_argument("--force", action="store_true", help="rerun configs that already have runs/<name>/metrics.json")
     all_p.add_argument("--dry-run", action="store_true", help="print what would run and why others are skipped")
+    all_p.add_argument("--resume", action="store_true", help="continue runs that have a checkpoint")
     all_p.add_argument("--configs-dir", type=Path, default=CONFIGS_DIR, help=argparse.SUPPRESS)
     _data_arg(all_p)
     all_p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where run folders go (default runs/)")

@@ -45,12 +45,22 @@ class TrainConfig:
     augment: Augment = field(default_factory=Augment)
     drop_test_duplicates: bool = True  # never train or select on a copy of a test image
     drop_near_duplicates: bool = False  # also drop near copies of test images (trainer/dedup.py; ~15 s more)
+    # FER+ votes of the TRAIN images (../ferplus/votes.csv; trainer/ferplus.py), never of validation or test:
+    soft_targets: float = 0.0  # weight of the FER+ vote distribution in each target: 0 = FER2013 label, 1 = votes only
+    drop_not_a_face: bool = False  # drop training faces whose FER+ majority is "not a face"
+    min_label_share: float = 0.0  # drop training faces whose FER2013 label got less than this share of the votes
+    weight_by_label_share: bool = False  # weight each training face's loss by its label's share of the votes
+    extra_classes: bool = False  # also train on facial_emotion_images_extra (7 classes); the model serves 4
     seed: int = 42
     steps_per_epoch: int | None = None  # None = one pass over the training data; small numbers for CI
     train_limit: int | None = None  # use only this many training images (CI)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @property
+    def uses_votes(self) -> bool:
+        return bool(self.soft_targets or self.drop_not_a_face or self.min_label_share or self.weight_by_label_share)
 
 
 def config_from_dict(raw: dict, source: str = "<dict>") -> TrainConfig:
@@ -125,7 +135,11 @@ def _check(config: TrainConfig, source: str) -> None:
         problems.append("label_smoothing must be in [0, 1)")
     if not _is_number(config.mixup) or config.mixup < 0:
         problems.append("mixup must be a number >= 0 (the Beta distribution's alpha; 0 = off)")
-    for key in ("drop_test_duplicates", "drop_near_duplicates"):
+    for key in ("soft_targets", "min_label_share"):
+        if not _is_number(getattr(config, key)) or not 0 <= getattr(config, key) <= 1:
+            problems.append(f"{key} must be a number in [0, 1]")
+    for key in ("drop_test_duplicates", "drop_near_duplicates", "drop_not_a_face", "weight_by_label_share",
+                "extra_classes"):
         if not isinstance(getattr(config, key), bool):
             problems.append(f"{key} must be true or false")
     for key in ("note", "reference"):

@@ -96,7 +96,7 @@ def train_targets(votes: pd.DataFrame, labels: np.ndarray, classes: tuple[str, .
     """Training targets (N, len(classes)): (1 - soft_weight) x one-hot FER2013 label + soft_weight x the FER+
     distribution. Images whose votes give no distribution keep their one-hot label (counted in the summary)."""
     one_hot = np.eye(len(classes), dtype=np.float32)[labels]
-    dist = distributions(votes, classes).to_numpy(dtype=np.float32)
+    dist = np.array(distributions(votes, classes), dtype=np.float32)  # a writable copy
     missing = np.isnan(dist).any(axis=1)
     dist[missing] = one_hot[missing]
     targets = (1 - soft_weight) * one_hot + soft_weight * dist

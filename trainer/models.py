@@ -21,6 +21,30 @@ class HorizontalFlip(layers.Layer):
         return inputs[:, :, ::-1, :]
 
 
+@keras.saving.register_keras_serializable(package="trainer")
+class ServedClasses(layers.Layer):
+    """The first `count` softmax outputs, renormalised: a model trained on seven classes (the product's four
+    first, then angry, disgust, fear) serves the four, so the exported ONNX output stays (N, 4)."""
+
+    def __init__(self, count: int = 4, **kwargs):
+        super().__init__(**kwargs)
+        self.count = count
+
+    def call(self, inputs):
+        kept = inputs[:, : self.count]
+        return kept / keras.ops.sum(kept, axis=1, keepdims=True)
+
+    def get_config(self):
+        return {**super().get_config(), "count": self.count}
+
+
+def serving_model(model: keras.Model, count: int = 4) -> keras.Model:
+    """`model` with only its first `count` classes (see ServedClasses); a four-class model is returned as is."""
+    if int(model.output_shape[-1]) == count:
+        return model
+    return keras.Model(model.inputs, ServedClasses(count, name="served_classes")(model.outputs[0]), name=model.name)
+
+
 def _inputs(input_shape):
     inputs = keras.Input(shape=input_shape, name="image")
     return inputs, layers.Rescaling(1.0 / 255)(inputs)

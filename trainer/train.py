@@ -1,4 +1,11 @@
-"""One experiment: config -> trained best model + everything needed to judge it, in runs/<name>/."""
+"""One experiment: config -> trained best model + everything needed to judge it, in runs/<name>/.
+
+The loop runs one epoch at a time and checkpoints after each (trainer/checkpoint.py), so `--resume` continues a
+stopped run with the same result as an uninterrupted one. Per epoch: set the learning rate (cosine: a function
+of the epoch; plateau: halve after patience // 3 epochs without a better validation accuracy), train on that
+epoch's batches (trainer/batches.py), keep model.keras when validation accuracy is the best so far, stop early
+after `early_stopping_patience` epochs without improvement.
+"""
 from __future__ import annotations
 
 import json
@@ -7,16 +14,20 @@ from pathlib import Path
 
 import numpy as np
 
-from batch_job.preprocessing import CLASSES, INPUT_SIZE
+from batch_job.preprocessing import INPUT_SIZE
+from trainer import checkpoint
 from trainer import data as dataset
+from trainer import training_set
+from trainer.batches import mixup, train_dataset  # noqa: F401  (mixup: part of this module's interface)
 from trainer.config import TrainConfig
 
 RUNS_DIR = Path("runs")
+PLATEAU_FACTOR, PLATEAU_MIN_LR, PLATEAU_MIN_DELTA = 0.5, 1e-5, 1e-4
 
 
-def balanced_indices(labels: np.ndarray, balance: str, rng: np.random.Generator) -> np.ndarray:
+def balanced_indices(labels: np.ndarray, balance: str, rng: np.random.Generator, num_classes: int = 4) -> np.ndarray:
     """Indices into the training set after under- or oversampling every class to the same count."""
-    by_class = [np.flatnonzero(labels == c) for c in range(len(CLASSES))]
+    by_class = [np.flatnonzero(labels == c) for c in range(num_classes)]
     counts = [len(idx) for idx in by_class if len(idx)]
     if balance == "undersample":
         target = min(counts)
@@ -28,125 +39,144 @@ def balanced_indices(labels: np.ndarray, balance: str, rng: np.random.Generator)
     return np.arange(len(labels))
 
 
-def class_weights(labels: np.ndarray) -> dict[int, float]:
-    counts = np.bincount(labels, minlength=len(CLASSES)).astype(float)
-    return {c: float(len(labels) / (len(CLASSES) * n)) for c, n in enumerate(counts) if n}
+def class_weights(labels: np.ndarray, num_classes: int = 4) -> np.ndarray:
+    """Per-class loss weight n / (classes x count): every class weighs the same in total."""
+    counts = np.bincount(labels, minlength=num_classes).astype(float)
+    return np.where(counts > 0, len(labels) / (num_classes * np.maximum(counts, 1)), 0.0)
 
 
-def augmenter(config: TrainConfig):
-    import keras
-    from keras import layers
-
-    aug = config.augment
-    steps = []
-    if aug.flip:
-        steps.append(layers.RandomFlip("horizontal", seed=config.seed))
-    if aug.rotation:
-        steps.append(layers.RandomRotation(aug.rotation, fill_mode="nearest", seed=config.seed))
-    if aug.shift:
-        steps.append(layers.RandomTranslation(aug.shift, aug.shift, fill_mode="nearest", seed=config.seed))
-    if aug.zoom:
-        steps.append(layers.RandomZoom(aug.zoom, fill_mode="nearest", seed=config.seed))
-    if aug.contrast:
-        steps.append(layers.RandomContrast(aug.contrast, value_range=(0, 255), seed=config.seed))
-    return keras.Sequential(steps, name="augment") if steps else None
-
-
-def mixup(images, labels, alpha: float):
-    """Mix each image and one-hot label with another of the batch, weight lambda ~ Beta(alpha, alpha)."""
-    import tensorflow as tf
-
-    n = tf.shape(images)[0]
-    a, b = tf.random.gamma([n], alpha), tf.random.gamma([n], alpha)
-    lam = a / (a + b)
-    partner = tf.random.shuffle(tf.range(n))
-    lam_x, lam_y = tf.reshape(lam, [-1, 1, 1, 1]), tf.reshape(lam, [-1, 1])
-    return (images * lam_x + tf.gather(images, partner) * (1 - lam_x),
-            labels * lam_y + tf.gather(labels, partner) * (1 - lam_y))
-
-
-def train_dataset(x: np.ndarray, y: np.ndarray, config: TrainConfig):
-    import tensorflow as tf
-
-    one_hot = np.eye(len(CLASSES), dtype=np.float32)[y]
-    ds = tf.data.Dataset.from_tensor_slices((x, one_hot)).shuffle(len(x), seed=config.seed,
-                                                                  reshuffle_each_iteration=True)
-    ds = ds.batch(config.batch_size).map(lambda a, b: (tf.cast(a, tf.float32), b))
-    aug = augmenter(config)
-    if aug is not None:
-        ds = ds.map(lambda a, b: (aug(a, training=True), b), num_parallel_calls=tf.data.AUTOTUNE)
-    if config.mixup:
-        ds = ds.map(lambda a, b: mixup(a, b, config.mixup), num_parallel_calls=tf.data.AUTOTUNE)
-    if config.steps_per_epoch:
-        ds = ds.repeat()
-    return ds.prefetch(tf.data.AUTOTUNE)
-
-
-def lr_callback(config: TrainConfig):
+def served_accuracy(num_classes: int):
+    """Accuracy over the product's four classes: argmax of the first four outputs against the label. The same
+    as plain accuracy for a four-class model; for a seven-class one it is what the served model will score."""
     import keras
 
-    if config.schedule == "plateau":
-        return keras.callbacks.ReduceLROnPlateau(monitor="val_accuracy", mode="max", factor=0.5,
-                                                 patience=max(2, config.early_stopping_patience // 3), min_lr=1e-5)
+    def accuracy(y_true, y_pred):
+        ops = keras.ops
+        return ops.cast(ops.equal(ops.argmax(y_true, axis=1), ops.argmax(y_pred[:, :4], axis=1)), "float32")
+    return keras.metrics.MeanMetricWrapper(accuracy, name="accuracy") if num_classes != 4 else "accuracy"
+
+
+def learning_rate(config: TrainConfig, state: checkpoint.LoopState, epoch: int) -> float:
     if config.schedule == "cosine":
-        return keras.callbacks.LearningRateScheduler(
-            lambda epoch: config.learning_rate * 0.5 * (1 + np.cos(np.pi * epoch / config.epochs)))
-    return None
+        return float(config.learning_rate * 0.5 * (1 + np.cos(np.pi * epoch / config.epochs)))
+    return state.learning_rate  # constant, or as the plateau rule last left it
 
 
-def run(config: TrainConfig, data_root: str | None = None, runs_dir: Path = RUNS_DIR) -> Path:
-    """Train one config; returns its run folder (model.keras, metrics.json, plots, reports)."""
+def end_of_epoch(config: TrainConfig, state: checkpoint.LoopState, epoch: int,
+                 val_accuracy: float) -> tuple[bool, bool]:
+    """Update the loop state after an epoch; returns (new best: save the model, stop early)."""
+    improved = val_accuracy > state.best_val_accuracy
+    state.stop_wait = 0 if improved else state.stop_wait + 1
+    if improved:
+        state.best_val_accuracy, state.best_epoch = val_accuracy, epoch
+    if config.schedule == "plateau":
+        if val_accuracy > state.plateau_best + PLATEAU_MIN_DELTA:
+            state.plateau_best, state.plateau_wait = val_accuracy, 0
+        else:
+            state.plateau_wait += 1
+            if state.plateau_wait >= max(2, config.early_stopping_patience // 3):
+                state.learning_rate = max(state.learning_rate * PLATEAU_FACTOR, PLATEAU_MIN_LR)
+                state.plateau_wait = 0
+    return improved, state.stop_wait >= config.early_stopping_patience and epoch > 0
+
+
+def write_history(history: list[dict], path: Path) -> None:
+    import pandas as pd
+
+    columns = ["epoch", "accuracy", "loss", "val_accuracy", "val_loss", "learning_rate"]
+    pd.DataFrame(history).reindex(columns=columns).to_csv(path, index=False)
+
+
+def run(config: TrainConfig, data_root: str | None = None, runs_dir: Path = RUNS_DIR, resume: bool = False,
+        epochs_now: int | None = None) -> Path:
+    """Train one config; returns its run folder (model.keras, metrics.json, plots, reports).
+
+    resume: continue from runs/<name>/checkpoint/ when there is one (else start). epochs_now: train at most this
+    many epochs in this call, then stop with a checkpoint and no report (continue later with resume=True)."""
     import keras
 
     from trainer import report
-    from trainer.models import build_model
+    from trainer.models import build_model, serving_model
 
     keras.utils.set_random_seed(config.seed)
     root = dataset.data_dir(data_root)
-    model = build_model(  # first: a missing ImageNet weights file fails here, before any run folder or data
-        config.model, (INPUT_SIZE, INPUT_SIZE, config.channels), len(CLASSES), **config.model_args)
     run_dir = Path(runs_dir) / config.name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    ckpt_dir = run_dir / "checkpoint"
+    state = checkpoint.load_state(ckpt_dir) if resume else None
+    if state is not None and state.config != json.loads(json.dumps(config.to_dict())):
+        raise checkpoint.CheckpointMismatch(f"{ckpt_dir} was made with another config; train without --resume "
+                                            "to start over")
+    if state is not None and state.finished:
+        print(f"[{config.name}] already finished ({state.epoch} epochs): nothing to resume", flush=True)
+        return run_dir
 
     splits = dataset.load_splits(root, config.drop_test_duplicates, config.drop_near_duplicates)
     rng = np.random.default_rng(config.seed)
     train = splits["train"]
     if config.train_limit:
         train = train.subset(np.isin(np.arange(len(train)), rng.permutation(len(train))[: config.train_limit]))
-    print(f"[{config.name}] data {root}: train {len(train)}, validation {len(splits['validation'])}, "
-          f"test {len(splits['test'])} (copies of test images dropped: {config.drop_test_duplicates}, "
-          f"near copies too: {config.drop_near_duplicates})", flush=True)
-    x = {name: dataset.load_pixels(split.paths, config.channels)
-         for name, split in (("train", train), ("validation", splits["validation"]), ("test", splits["test"]))}
-    y = {"train": train.labels, "validation": splits["validation"].labels, "test": splits["test"].labels}
+    faces = training_set.build(config, root, train, set(splits["test"].digests))
+    num_classes = len(faces.classes)
+    model = build_model(  # a missing ImageNet weights file fails here, before any run folder is written
+        config.model, (INPUT_SIZE, INPUT_SIZE, config.channels), num_classes, **config.model_args)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    print(f"[{config.name}] data {root}: train {len(faces.paths)} ({faces.summary}), validation "
+          f"{len(splits['validation'])}, test {len(splits['test'])} (copies of test images dropped: "
+          f"{config.drop_test_duplicates}, near copies too: {config.drop_near_duplicates})", flush=True)
+    x_train = dataset.load_pixels(faces.paths, config.channels)
+    x_val = dataset.load_pixels(splits["validation"].paths, config.channels).astype(np.float32)
+    val_data = (x_val, np.eye(num_classes, dtype=np.float32)[splits["validation"].labels])
 
-    idx = balanced_indices(y["train"], config.balance, rng)
-    ds = train_dataset(x["train"][idx], y["train"][idx], config)
-    val_ds = (x["validation"].astype(np.float32), np.eye(len(CLASSES), dtype=np.float32)[y["validation"]])
-
+    idx = balanced_indices(faces.labels, config.balance, rng, num_classes)
+    weights = faces.weights
+    if config.balance == "class_weight":
+        per_class = class_weights(faces.labels, num_classes)[faces.labels]
+        weights = per_class if weights is None else weights * per_class
     model.compile(
-        optimizer=keras.optimizers.AdamW(config.learning_rate, weight_decay=config.weight_decay or None)
+        optimizer=keras.optimizers.AdamW(config.learning_rate, weight_decay=config.weight_decay)
         if config.weight_decay else keras.optimizers.Adam(config.learning_rate),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
-        metrics=["accuracy"])
-    print(f"[{config.name}] model {config.model}: {model.count_params():,} parameters", flush=True)
+        metrics=[served_accuracy(num_classes)])
+    if state is not None:
+        checkpoint.restore(ckpt_dir, model, state)
+        print(f"[{config.name}] resumed after epoch {state.epoch} of {config.epochs} (best validation accuracy "
+              f"{state.best_val_accuracy:.4f} at epoch {state.best_epoch + 1})", flush=True)
+    else:
+        state = checkpoint.LoopState(json.loads(json.dumps(config.to_dict())), config.learning_rate)
+    print(f"[{config.name}] model {config.model}: {model.count_params():,} parameters, {num_classes} classes",
+          flush=True)
 
     best_path = run_dir / "model.keras"
-    callbacks = [
-        keras.callbacks.ModelCheckpoint(best_path, monitor="val_accuracy", mode="max", save_best_only=True),
-        keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=config.early_stopping_patience),
-        keras.callbacks.CSVLogger(run_dir / "history.csv"),
-    ]
-    if (schedule := lr_callback(config)) is not None:
-        callbacks.append(schedule)
-    started = time.perf_counter()
-    model.fit(ds, validation_data=val_ds, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch,
-              class_weight=class_weights(y["train"]) if config.balance == "class_weight" else None,
-              callbacks=callbacks, verbose=2)
-    train_seconds = time.perf_counter() - started
+    first = state.epoch
+    for epoch in range(first, config.epochs):
+        if epochs_now is not None and epoch - first >= epochs_now:
+            print(f"[{config.name}] stopped after epoch {epoch} of {config.epochs} (--epochs-now {epochs_now}); "
+                  "continue with --resume", flush=True)
+            return run_dir
+        started = time.perf_counter()
+        lr = learning_rate(config, state, epoch)
+        model.optimizer.learning_rate.assign(lr)
+        ds = train_dataset(x_train[idx], faces.targets[idx], config, epoch,
+                           None if weights is None else weights[idx], num_classes)
+        logs = {k: float(v[-1]) for k, v in model.fit(ds, validation_data=val_data, epochs=epoch + 1,
+                                                      initial_epoch=epoch, shuffle=False,
+                                                      verbose=2).history.items()}
+        improved, stop = end_of_epoch(config, state, epoch, logs["val_accuracy"])
+        if improved:
+            model.save(best_path)
+        state.history.append({"epoch": epoch, **logs, "learning_rate": lr})
+        write_history(state.history, run_dir / "history.csv")
+        state.epoch = epoch + 1
+        state.train_seconds += time.perf_counter() - started
+        checkpoint.save(ckpt_dir, model, state)
+        if stop:
+            print(f"[{config.name}] early stop after epoch {epoch + 1}: no better validation accuracy for "
+                  f"{config.early_stopping_patience} epochs", flush=True)
+            break
+    checkpoint.finish(ckpt_dir, state)
 
-    best = keras.models.load_model(best_path, compile=False)
-    best.save(best_path)  # re-save without optimizer state: a third of the size
-    report.write_run_report(run_dir, best, config, root, train_seconds)
+    best = serving_model(keras.models.load_model(best_path, compile=False))  # seven classes -> the served four
+    best.save(best_path)  # re-saved without optimizer state: a third of the size
+    report.write_run_report(run_dir, best, config, root, state.train_seconds)
     return run_dir
