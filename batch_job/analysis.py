@@ -27,6 +27,9 @@ DEFAULT_FACE_MODE = "auto"
 SMALL_IMAGE = 128  # shorter side at or under this: most likely a face crop, scored whole if no face is found
 MIN_DETECT = 160  # small images are enlarged to at least this (shorter side) before detection
 NO_FACE = "no face found"
+# A face whose crop would come from fewer than this share of the model's input pixels (per side) in the
+# first, reduced-scale decode makes the image decode again at a finer scale.
+MIN_CROP_RESOLUTION = 1.0
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,7 @@ def analyse(data: bytes, mode: str, detector: FaceDetector | None, size: int, ch
                 return Analysis((FaceCrop(whole_box(width, height), None, decode_whole(again, size, channels)),))
         return Analysis()
     smallest_crop = min(FACE_CROP_SCALE * max(face.width, face.height) for face in faces)  # full-size pixels
-    if gray.scale < 1 and smallest_crop * gray.scale < size:
+    if gray.scale < 1 and smallest_crop * gray.scale < MIN_CROP_RESOLUTION * size:
         with open_image(data) as again:  # decode again at the scale the smallest face needs
             gray = decode_gray(again, min(1.0, size / smallest_crop))
     crops = []

