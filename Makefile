@@ -29,6 +29,7 @@ $(DEPLOY_VENV)/.installed: requirements/deploy.txt
 
 run: $(VENV)/.installed
 	$(PY) -m batch_job run $(IMAGES) --output $(OUTPUT)
+	@head -n 41 $(OUTPUT) | cut -c 1-160
 	@$(PY) -m batch_job evaluate $(OUTPUT) 2>/dev/null || true
 
 test: setup
