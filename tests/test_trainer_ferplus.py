@@ -60,8 +60,13 @@ def test_vote_options_must_be_in_range():
 def voted(tmp_path):
     """The generated dataset plus extra faces and FER+ votes: train/happy/0 not a face, train/sad/0 disputed."""
     root = make_dataset(tmp_path / "facial_emotion_images", plant=False)
+    extra = tmp_path / "facial_emotion_images_extra"
     for k, name in enumerate(("angry", "disgust", "fear")):
-        save_jpeg(smooth_face(900 + k), tmp_path / "facial_emotion_images_extra" / name / f"{k}.jpg")
+        save_jpeg(smooth_face(900 + k), extra / name / f"{k}.jpg")
+    save_jpeg(smooth_face(0), extra / "fear" / "9.jpg")  # the face of train/happy/0.jpg, labelled fear
+    pd.DataFrame({"file": ["angry/0.jpg", "disgust/1.jpg", "fear/2.jpg", "fear/9.jpg"],
+                  "near_shared_train_file": ["", "", "", "train/happy/0.jpg"]}).to_csv(extra / "MANIFEST.csv",
+                                                                                        index=False)
     files = [p.relative_to(root).as_posix() for p in sorted(root.glob("train/*/*.jpg"))]
     label_column = {"happy": "happiness", "neutral": "neutral", "sad": "sadness", "surprise": "surprise"}
     rows = {f: votes_row(**{label_column[f.split("/")[1]]: 10}) for f in files}
@@ -105,7 +110,8 @@ def test_training_set_weights_and_soft_targets_come_from_the_votes(voted):
 
 def test_extra_classes_add_the_three_emotions_as_classes_four_to_six(voted):
     faces = build(voted, extra_classes=True, soft_targets=0.5)
-    assert faces.classes == ferplus.SEVEN_CLASSES and faces.summary["extra faces"] == 3
+    assert faces.classes == ferplus.SEVEN_CLASSES and faces.summary["extra faces"] == 3  # fear/9.jpg left out
+    assert faces.summary["extra faces dropped: near a train face"] == 1
     extra = [k for k, p in enumerate(faces.paths) if p.parent.parent.name == "facial_emotion_images_extra"]
     assert sorted(faces.labels[extra]) == [4, 5, 6]
     angry = next(k for k in extra if faces.labels[k] == 4)

@@ -1,7 +1,8 @@
 """Which faces a run trains on, with which targets and weights: the config's data options in one place.
 
 - extra_classes: facial_emotion_images_extra's angry, disgust and fear faces join train as classes 4-6
-  (trainer.ferplus.SEVEN_CLASSES; the model serves the first four).
+  (trainer.ferplus.SEVEN_CLASSES; the model serves the first four), except the ones its MANIFEST.csv flags as
+  near a train face (the same face under a product label there).
 - FER+ votes of the training faces (never of validation or test): drop_not_a_face, min_label_share (drop
   faces whose label the crowd disputes), weight_by_label_share (down-weight them instead) and soft_targets
   (mix the vote distribution into the target, label distribution learning as in FER+).
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from batch_job.preprocessing import CLASSES
 from trainer import data as dataset
@@ -29,15 +31,30 @@ class TrainingSet:
     summary: dict  # what was added, dropped and changed, for the log and config.json readers
 
 
-def extra_split(root: Path, drop_digests: set[str]) -> dataset.Split | None:
-    """The extra faces as a split labelled 4-6, without byte copies of `drop_digests` (test images)."""
+def train_conflicts(extra: Path) -> set[str]:
+    """Extra files that MANIFEST.csv flags as near a train image (`near_shared_train_file`): the same face
+    labelled sad/surprise/neutral in train and fear/angry here, a contradiction no target should carry."""
+    manifest = extra / "MANIFEST.csv"
+    if not manifest.is_file():
+        return set()
+    table = pd.read_csv(manifest, dtype=str).fillna("")
+    if "near_shared_train_file" not in table:
+        return set()
+    return set(table.loc[table["near_shared_train_file"] != "", "file"])
+
+
+def extra_split(root: Path, drop_digests: set[str]) -> tuple[dataset.Split, int] | None:
+    """The extra faces as a split labelled 4-6, without byte copies of `drop_digests` (test images) and without
+    the faces that contradict a train label; returns the split and how many of those were dropped."""
     extra = dataset.extra_dir(root)
     if extra is None:
         return None
     split = dataset.list_split(extra, "", ferplus.EXTRA_CLASSES)
-    split = split.subset(np.array([d not in drop_digests for d in split.digests], dtype=bool))
+    conflicts = train_conflicts(extra)
+    conflicting = np.array([p.relative_to(extra).as_posix() in conflicts for p in split.paths], dtype=bool)
+    split = split.subset(np.array([d not in drop_digests for d in split.digests], dtype=bool) & ~conflicting)
     split.labels = split.labels + len(CLASSES)
-    return split
+    return split, int(conflicting.sum())
 
 
 def build(config: TrainConfig, root: Path, train: dataset.Split, test_digests: set[str]) -> TrainingSet:
@@ -47,13 +64,15 @@ def build(config: TrainConfig, root: Path, train: dataset.Split, test_digests: s
     paths, labels = list(train.paths), train.labels.copy()
     extra_root = dataset.extra_dir(root)
     if config.extra_classes:
-        extra = extra_split(root, test_digests if config.drop_test_duplicates else set())
-        if extra is None:
+        found = extra_split(root, test_digests if config.drop_test_duplicates else set())
+        if found is None:
             raise FileNotFoundError(f"extra_classes = true, but there is no facial_emotion_images_extra beside "
                                     f"{root} (or at $EMOTION_EXTRA_DIR)")
+        extra, conflicts = found
         paths += extra.paths
         labels = np.concatenate([labels, extra.labels])
         summary["extra faces"] = len(extra)
+        summary["extra faces dropped: near a train face"] = conflicts
     targets = np.eye(len(classes), dtype=np.float32)[labels]
     weights = None
     if config.uses_votes:
