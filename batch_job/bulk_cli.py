@@ -284,8 +284,8 @@ def merge(args: argparse.Namespace) -> int:
     if s3.is_s3_url(args.run):
         run = args.run if args.run.endswith("/") else args.run + "/"
         if bulk_run.read_summary(run) is None:
-            print(f"warning: {run}{bulk_run.SUCCESS} not found: the run has not finished, the CSV may miss parts",
-                  file=sys.stderr)
+            print(f"warning: {run}{bulk_run.SUCCESS} not found: a bulk run that has not finished (the CSV may miss "
+                  "parts); Batch array runs write none: check that every child succeeded", file=sys.stderr)
     else:
         run = args.run
     try:
