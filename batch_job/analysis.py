@@ -18,8 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from batch_job.budget import DECODES
 from batch_job.faces import DETECT_SIZE, Face, FaceDetector
-from batch_job.preprocessing import (FACE_CROP_SCALE, GrayImage, ImageError, crop_face, decode_gray,
+from batch_job.preprocessing import (FACE_CROP_SCALE, GrayImage, ImageError, crop_face, decode_cost, decode_gray,
                                      decode_whole, displayed_size, open_image, whole_box)
 
 FACE_MODES = ("auto", "detect", "whole")
@@ -45,6 +46,7 @@ class Analysis:
     """What one image holds: its faces (largest first), or why it could not be read."""
     faces: tuple[FaceCrop, ...] = ()
     error: str = ""
+    transient: bool = False  # the error may pass on a retry (an S3 read throttled)
 
 
 def detection_scale(width: int, height: int) -> float:
@@ -53,37 +55,57 @@ def detection_scale(width: int, height: int) -> float:
 
 
 def analyse(data: bytes, mode: str, detector: FaceDetector | None, size: int, channels: int) -> Analysis:
-    """Bytes -> Analysis. ImageError (bad input) propagates: the caller turns it into the row's error."""
+    """Bytes -> Analysis. ImageError (bad input) propagates: the caller turns it into the row's error.
+
+    Each decode first reserves its pixels in the shared decode budget (batch_job.budget), so a folder of
+    huge images is decoded a few at a time rather than all at once.
+    """
     if mode not in FACE_MODES:
         raise ValueError(f"unknown face mode {mode!r}; expected one of {', '.join(FACE_MODES)}")
+    if mode != "whole" and detector is None:
+        raise ValueError(f"face mode {mode!r} needs a face detector")
     image = open_image(data)
-    try:
-        width, height = displayed_size(image)
-        if mode == "whole":
-            return Analysis((FaceCrop(whole_box(width, height), None, decode_whole(image, size, channels)),))
-        if detector is None:
-            raise ValueError(f"face mode {mode!r} needs a face detector")
-        scale = detection_scale(width, height)
+    width, height = displayed_size(image)
+    if mode == "whole":
+        return _whole(image, width, height, size, channels)
+    scale = detection_scale(width, height)
+    finer = False
+    with DECODES.hold(decode_cost(image, min(1.0, scale))):
         gray = decode_gray(image, min(1.0, scale))
-    finally:
-        image.close()
-    faces = _detect(gray, scale, detector)
+        del image
+        faces = _detect(gray, scale, detector)
+        if faces:
+            smallest_crop = min(FACE_CROP_SCALE * max(face.width, face.height) for face in faces)  # full-size px
+            finer = gray.scale < 1 and smallest_crop * gray.scale < MIN_CROP_RESOLUTION * size
+            if not finer:
+                return Analysis(_crops(gray, faces, width, height, size, channels))
+        del gray
+    # Past here the first reservation is released: a thread never waits for budget while holding some.
     if not faces:
         if mode == "auto" and min(width, height) <= SMALL_IMAGE:
-            with open_image(data) as again:  # exactly what --faces whole gives
-                return Analysis((FaceCrop(whole_box(width, height), None, decode_whole(again, size, channels)),))
+            return _whole(open_image(data), width, height, size, channels)  # exactly what whole gives
         return Analysis()
-    smallest_crop = min(FACE_CROP_SCALE * max(face.width, face.height) for face in faces)  # full-size pixels
-    if gray.scale < 1 and smallest_crop * gray.scale < MIN_CROP_RESOLUTION * size:
-        with open_image(data) as again:  # decode again at the scale the smallest face needs
-            gray = decode_gray(again, min(1.0, size / smallest_crop))
+    again = open_image(data)  # decode again at the scale the smallest face needs
+    needed = min(1.0, size / smallest_crop)
+    with DECODES.hold(decode_cost(again, needed)):
+        return Analysis(_crops(decode_gray(again, needed), faces, width, height, size, channels))
+
+
+def _whole(image, width: int, height: int, size: int, channels: int) -> Analysis:
+    with DECODES.hold(decode_cost(image, size / max(1, min(width, height)))), image:
+        return Analysis((FaceCrop(whole_box(width, height), None, decode_whole(image, size, channels)),))
+
+
+def _crops(gray: GrayImage, faces: list[Face], width: int, height: int, size: int,
+           channels: int) -> tuple[FaceCrop, ...]:
+    """Each face cropped from the decoded image, largest first."""
     crops = []
     for face in faces:
         on_gray = face.scaled(gray.scale)
         pixels = crop_face(gray.image, (on_gray.left, on_gray.top, on_gray.width, on_gray.height), size, channels)
         crops.append(FaceCrop(_clipped_box(face, width, height), face.score, pixels))
     crops.sort(key=lambda crop: (-crop.box[2] * crop.box[3], crop.box[1], crop.box[0]))
-    return Analysis(tuple(crops))
+    return tuple(crops)
 
 
 def _detect(gray: GrayImage, scale: float, detector: FaceDetector) -> list[Face]:

@@ -27,6 +27,7 @@ from typing import Iterable, Mapping
 from urllib.parse import unquote_plus
 
 from batch_job import bulk_run, s3
+from batch_job.analysis import NO_FACE
 from batch_job.events import EventError, S3Object
 from batch_job.handler import Config, csv_text, get_model, score_objects
 from batch_job.preprocessing import is_image_path
@@ -126,7 +127,7 @@ def count_rows(text: str) -> tuple[int, int]:
     rows = errors = 0
     for row in reader:
         rows += 1
-        errors += bool(row[error_column])
+        errors += bool(row[error_column]) and row[error_column] != NO_FACE  # a faceless image is no error
     return rows, errors
 
 
@@ -142,7 +143,7 @@ def score_batch(event: dict, model, config: Config) -> dict:
     out_bucket, out_prefix = bulk_run.split_run_url(batch.output)
     config = replace(config, output_bucket=out_bucket, output_prefix=out_prefix + bulk_run.PARTS)
     predictions = score_objects(batch.objects, model, config)
-    later = [(p.path, p.error) for p in predictions if transient(p.error)]
+    later = [(p.path, p.error) for p in predictions if p.transient or transient(p.error)]
     if later:
         raise TransientS3Error(f"{len(later)} of {len(batch.objects)} objects met a transient S3 error "
                                f"(first: {later[0][0]}: {later[0][1]}); the batch is retried whole")
@@ -170,5 +171,7 @@ def handler(event: dict, context: object = None) -> dict:
 
 
 def _log(**fields: object) -> None:
-    """One JSON line per batch: CloudWatch Logs Insights can add them up."""
-    print(json.dumps(fields, ensure_ascii=False, default=str), flush=True)
+    """One JSON line per batch (the handler's logger: request id included): Logs Insights can add them up."""
+    from batch_job.handler import _log as log_json
+
+    log_json(level="info", **fields)

@@ -274,9 +274,10 @@ def finished(execution: dict) -> int:
 
 
 def merge(args: argparse.Namespace) -> int:
-    """Concatenate a run's parts into one CSV, through the CLI's own output opener (temp file, then rename
+    """Concatenate a run's parts into one CSV, through the one destination opener (temp file, then rename
     or upload)."""
-    from batch_job.cli import FatalError, open_output
+    from batch_job.base import BatchJobError
+    from batch_job.destinations import open_destination
 
     if args.athena:
         print(bulk_run.athena_ddl(args.athena, args.run if args.run.endswith("/") else args.run + "/"))
@@ -289,9 +290,13 @@ def merge(args: argparse.Namespace) -> int:
     else:
         run = args.run
     try:
-        with open_output(args.output) as out:
-            parts, rows = bulk_run.merge(bulk_run.part_texts(run), out)
-    except FatalError as error:
+        destination = open_destination(args.output)
+        try:
+            with destination.open() as out:
+                parts, rows = bulk_run.merge(bulk_run.part_texts(run), out)
+        finally:
+            destination.close()
+    except BatchJobError as error:
         raise BulkError(str(error)) from None
     where = "stdout" if args.output == "-" else args.output
     print(f"merged {parts} parts, {rows} rows -> {where}", file=sys.stderr)

@@ -1,64 +1,49 @@
 """python -m batch_job run SOURCE... [--output DEST] [--faces auto|detect|whole] [--annotate DIR] [--model PATH]
 
 SOURCE and DEST may be local paths or s3:// URLs (s3://bucket/prefix, s3://bucket/key.jpg, s3://bucket/out.csv).
-Other commands: report (an HTML page from a CSV), evaluate (accuracy when paths name their class), cost.
+Other commands: report (an HTML page from a CSV), evaluate (accuracy when paths name their class), cost, and the
+bulk path's submit, status and merge (batch_job/bulk_cli.py).
 
-Exit status: 0 every image scored; 3 some rows carry errors (the CSV is still complete);
-2 usage error; 1 fatal error (missing model, unreadable source). Errors are one line on stderr.
+Exit status: 0 every image read (images without a face included); 3 some rows carry errors (the CSV is still
+complete); 2 usage error; 1 fatal error (missing model, unreadable source, unwritable output); 128 + the signal
+number when stopped by one (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP), 141 when the reader of stdout went away.
+Errors are one line on stderr, never a traceback.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
-import tempfile
 import time
-from contextlib import contextmanager
-from pathlib import Path
-from typing import IO, Iterator
+import warnings
 
+from batch_job import bulk_cli
 from batch_job.analysis import DEFAULT_FACE_MODE, FACE_MODES
+from batch_job.base import BatchJobError, DestinationError
 from batch_job.csv_output import Totals, write_all
-from batch_job.faces import DetectorError, FaceDetector
-from batch_job.model import EmotionModel, ModelError, default_model_path
-from batch_job.pipeline import predict
-from batch_job.sources import SourceError, items_for, non_empty
+from batch_job.destinations import Destination, OutputClosed, open_destination
+from batch_job.model import default_model_path
+from batch_job.shard import in_shard, output_for, shard_argument
+from batch_job.sources import non_empty, open_sources
 
 DEFAULT_OUTPUT = "predictions.csv"
 EXIT_OK, EXIT_FATAL, EXIT_USAGE, EXIT_SOME_ERRORS = 0, 1, 2, 3
+EXIT_BROKEN_PIPE = 128 + 13
+MAX_BATCH_SIZE = 4096  # 4096 faces of 48x48 floats are 38 MB per call; more gains nothing
+MAX_WORKERS = 256
 
 
-class FatalError(RuntimeError):
-    """Stops the run with exit status 1 and a one-line message."""
+class FatalError(BatchJobError):
+    """Stops the run with exit status 1 and a one-line message (kept for callers that raise it)."""
 
 
-@contextmanager
-def open_output(dest: str) -> Iterator[IO[str]]:
-    """stdout for '-', else a temp file renamed into place (or uploaded to s3://) only when the CSV is complete."""
-    if dest == "-":
-        yield sys.stdout
-        sys.stdout.flush()
-        return
-    if dest.startswith("s3://"):
-        from batch_job.s3 import DestinationError, csv_destination
+class Stopped(BaseException):
+    """A signal asked the run to stop (SIGTERM from AWS Batch or docker stop, SIGHUP): like Ctrl-C."""
 
-        try:
-            with csv_destination(dest) as out:
-                yield out
-        except DestinationError as error:
-            raise FatalError(str(error)) from None
-        return
-    target = Path(dest)
-    if not target.parent.is_dir():
-        raise FatalError(f"output folder does not exist: {target.parent}")
-    fd, tmp = tempfile.mkstemp(prefix=".predictions-", suffix=".csv", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as out:
-            yield out
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
 
 def face_mode_default() -> str:
@@ -67,38 +52,56 @@ def face_mode_default() -> str:
 
 
 def score(sources: list[str], dest: str, model_path: str | None, batch_size: int, workers: int | None,
-          progress: bool, faces: str = DEFAULT_FACE_MODE, annotate: str | None = None) -> tuple[Totals, float]:
-    """Score every input into one CSV; returns the totals and the seconds it took."""
+          progress: bool, faces: str = DEFAULT_FACE_MODE, annotate: str | None = None,
+          shard: tuple[int, int] | None = None, raw_csv: bool = False) -> tuple[Totals, float]:
+    """Score every input into one CSV; returns the totals and the seconds it took. The destination is checked
+    before anything is loaded or scored."""
     from tqdm import tqdm
 
-    model = EmotionModel(model_path)
-    detector = FaceDetector() if faces != "whole" else None
-    if workers is None and any(source.startswith("s3://") for source in sources):
-        from batch_job.s3 import S3_WORKERS
+    from batch_job.faces import FaceDetector
+    from batch_job.model import EmotionModel
+    from batch_job.pipeline import predict
 
-        workers = S3_WORKERS  # S3 fetches wait on the network: more threads than CPUs
-    items = non_empty(items_for(sources))
-    if items is None:
-        raise FatalError(f"no image files found in {' '.join(sources)}")
-    total = sum(1 for _ in items_for(sources)) if progress else None
-    if annotate:
-        from batch_job.annotate import Annotator
+    opened = open_sources(sources)
+    for source, cover in opened.dropped:
+        print(f"note: {source} is already part of {cover}: scored once", file=sys.stderr)
+    destination = open_destination(dest, opened.kept)
+    try:
+        model = EmotionModel(model_path)
+        detector = FaceDetector() if faces != "whole" else None
+        if workers is None and any(source.startswith("s3://") for source in opened.kept):
+            from batch_job.s3 import S3_WORKERS
 
-        annotator = Annotator(annotate)
-        items = annotator.remember(items)
-    started = time.perf_counter()
-    with open_output(dest) as out:
-        results = predict(items, model, batch_size, workers, faces, detector)
+            workers = S3_WORKERS  # S3 fetches wait on the network: more threads than CPUs
+
+        def listed():
+            return in_shard(opened.items(), *shard) if shard else opened.items()
+
+        items = non_empty(listed())
+        if items is None and not shard:  # an empty shard still writes its (header-only) part
+            raise FatalError(f"no image files found in {' '.join(sources)}")
+        total = sum(1 for _ in listed()) if progress else None
         if annotate:
-            results = annotator.draw_all(results)
-        totals = write_all(results, out, lambda stream: tqdm(
-            stream, total=total, unit="img", disable=not progress, file=sys.stderr))
-    return totals, time.perf_counter() - started
+            from batch_job.annotate import Annotator
+
+            annotator = Annotator(annotate)
+            items = annotator.remember(items or iter(()))
+        started = time.perf_counter()
+        with destination.open() as out:
+            results = predict(items or iter(()), model, batch_size, workers, faces, detector)
+            if annotate:
+                results = annotator.draw_all(results)
+            totals = write_all(results, out, lambda stream: tqdm(
+                stream, total=total, unit="img", disable=not progress, file=sys.stderr), neutralise=not raw_csv)
+        totals.skipped = opened.stats.skipped
+        return totals, time.perf_counter() - started
+    finally:
+        destination.close()
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m batch_job",
-                                     description="Score face images with the emotion model; write a CSV.")
+                                     description="Find the faces in images and score their emotion; write a CSV.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="score a folder, image files, or several of them")
     run.add_argument("sources", nargs="+", metavar="SOURCE",
@@ -113,13 +116,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--annotate", metavar="DIR",
                      help="also write a copy of each image with its faces boxed and labelled into DIR")
     run.add_argument("--model", help=f"ONNX model (default: $MODEL_PATH or {default_model_path()})")
-    run.add_argument("--batch-size", type=_positive, default=256, help="images per inference call (default 256)")
-    run.add_argument("--workers", type=_positive, help="decode/fetch threads (default: CPUs + 4; 32 with s3:// sources)")
+    run.add_argument("--batch-size", type=_bounded(MAX_BATCH_SIZE), default=256,
+                     help=f"faces per inference call, 1 to {MAX_BATCH_SIZE} (default 256)")
+    run.add_argument("--workers", type=_bounded(MAX_WORKERS),
+                     help="decode/fetch threads (default: CPUs + 4; 32 with s3:// sources)")
+    run.add_argument("--shard", type=shard_argument, metavar="I/N",
+                     help="score only shard I of N (0-based) by a stable hash of each path; 'array/N' takes I from "
+                          "AWS_BATCH_JOB_ARRAY_INDEX. An OUTPUT ending in '/' gets OUTPUT/parts/part-shard-I-of-N.csv")
+    run.add_argument("--raw-csv", action="store_true",
+                     help="write paths and errors that start with = + - @ as they are (by default they get a "
+                          "leading ' so spreadsheets do not run them as formulas)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
     cost = sub.add_parser("cost", help="estimate the cost of scoring N images on Lambda, Batch and a GPU")
-    cost.add_argument("--images", type=_positive, required=True, help="number of images")
-    cost.add_argument("--memory-mb", type=_positive, default=2048, help="Lambda memory (default 2048)")
-    cost.add_argument("--images-per-invocation", type=_positive, default=100,
+    cost.add_argument("--images", type=_bounded(10**15), required=True, help="number of images")
+    cost.add_argument("--memory-mb", type=_bounded(10240), default=2048, help="Lambda memory (default 2048)")
+    cost.add_argument("--images-per-invocation", type=_bounded(10**6), default=100,
                       help="images per Lambda invocation (the template's SQS batch size; default 100)")
     cost.add_argument("--lambda-gb-second", type=float, help="price override, USD")
     cost.add_argument("--s3-get-per-1000", type=float, help="price override, USD")
@@ -131,17 +142,22 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--images", metavar="SOURCE",
                         help="the folder (or s3://bucket/prefix) the CSV was made from: adds face thumbnails")
     report.add_argument("-o", "--output", default="report.html", help="HTML file to write (default report.html)")
+    bulk_cli.register(sub)
     return parser
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
-    return value
+def _bounded(most: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
+        if value > most:
+            raise argparse.ArgumentTypeError(f"must be at most {most}: {text}")
+        return value
+    return parse
 
 
 def print_evaluation(csv_path: str) -> int:
@@ -149,7 +165,7 @@ def print_evaluation(csv_path: str) -> int:
 
     try:
         result = evaluate(csv_path)
-    except (OSError, KeyError) as error:
+    except (OSError, KeyError, UnicodeDecodeError) as error:
         print(f"error: cannot evaluate {csv_path}: {error}", file=sys.stderr)
         return EXIT_FATAL
     if not result["images"]:
@@ -180,35 +196,83 @@ def write_report(args: argparse.Namespace) -> int:
 
     try:
         summary = build_report(args.csv, args.output, args.images)
-    except (OSError, ReportError) as error:
+    except (OSError, ReportError, BatchJobError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FATAL
     print(f"report of {summary} -> {args.output}", file=sys.stderr)
     return EXIT_OK
 
 
+def _stop(signum, frame) -> None:
+    raise Stopped(signum)
+
+
+def _one_line_warnings() -> None:
+    """Library warnings (Pillow's 'Corrupt EXIF data', ...) as one 'warning:' line each, each message once."""
+    seen: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = " ".join(str(message).split())
+        if text not in seen:
+            seen.add(text)
+            print(f"warning: {text}", file=sys.stderr)
+    warnings.showwarning = show
+
+
+def run_command(args: argparse.Namespace) -> int:
+    if args.faces not in FACE_MODES:  # from $FACES; argparse checked a command-line value already
+        print(f"error: FACES={args.faces!r}: expected one of {', '.join(FACE_MODES)}", file=sys.stderr)
+        return EXIT_USAGE
+    output = output_for(args.output, *args.shard) if args.shard else args.output
+    progress = sys.stderr.isatty() and not args.no_progress
+    try:
+        if args.shard and output != "-" and not output.startswith("s3://"):
+            try:
+                os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
+            except OSError as error:
+                raise DestinationError(f"cannot create {os.path.dirname(output)}: {error.strerror}") from None
+        totals, seconds = score(args.sources, output, args.model, args.batch_size, args.workers, progress,
+                                args.faces, args.annotate, args.shard, args.raw_csv)
+    except BatchJobError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FATAL
+    except OutputClosed:
+        return EXIT_BROKEN_PIPE
+    rate = totals.images / seconds if seconds > 0 else float("inf")
+    where = "stdout" if output == "-" else output
+    print(f"scored {totals} in {seconds:.1f} s, {rate:.0f} images/s -> {where}", file=sys.stderr)
+    return EXIT_SOME_ERRORS if totals.errors else EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    status = bulk_cli.dispatch(args)
+    if status is not None:
+        return status
     if args.command == "evaluate":
         return print_evaluation(args.csv)
     if args.command == "cost":
         return print_cost(args)
     if args.command == "report":
         return write_report(args)
-    if args.faces not in FACE_MODES:  # from $FACES; argparse checked a command-line value already
-        print(f"error: FACES={args.faces!r}: expected one of {', '.join(FACE_MODES)}", file=sys.stderr)
-        return EXIT_USAGE
-    progress = sys.stderr.isatty() and not args.no_progress
+    _one_line_warnings()
+    previous = {}
     try:
-        totals, seconds = score(args.sources, args.output, args.model, args.batch_size, args.workers, progress,
-                                args.faces, args.annotate)
-    except (ModelError, DetectorError, SourceError, FatalError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_FATAL
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            previous[signum] = signal.signal(signum, _stop)
+    except ValueError:  # not the main thread (an embedding program): leave its signals alone
+        previous = {}
+    try:
+        return run_command(args)
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return EXIT_FATAL
-    rate = totals.images / seconds if seconds > 0 else float("inf")
-    where = "stdout" if args.output == "-" else args.output
-    print(f"scored {totals} in {seconds:.1f} s, {rate:.0f} images/s -> {where}", file=sys.stderr)
-    return EXIT_SOME_ERRORS if totals.errors else EXIT_OK
+        print("error: interrupted; nothing written", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except Stopped as stop:
+        print(f"error: stopped by {signal.Signals(stop.signum).name}; nothing written", file=sys.stderr)
+        return 128 + stop.signum
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+__all__ = ["main", "score", "FatalError", "Destination"]

@@ -8,6 +8,7 @@ path,face,left,top,width,height,face_score,emotion,confidence,p_happy,p_neutral,
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from typing import IO, Callable, Iterable, Iterator
 
@@ -16,6 +17,30 @@ from batch_job.preprocessing import CLASSES
 
 COLUMNS = ["path", "face", "left", "top", "width", "height", "face_score", "emotion", "confidence",
            *(f"p_{name}" for name in CLASSES), "error"]
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # OWASP "CSV Injection": what spreadsheets take as formulas
+
+
+def neutralised(cell: str) -> str:
+    """A text cell a spreadsheet would run as a formula gets a leading ' (OWASP's advice); others unchanged."""
+    return "'" + cell if cell.startswith(FORMULA_START) else cell
+
+
+class RowWriter:
+    """csv.writer with RFC 4180 quoting of CR too (the csv module quotes only the characters of its line
+    terminator, so with '\n' a CR in a name would split the row), lines ending in '\n'."""
+
+    def __init__(self, out: IO[str], neutralise: bool = True):
+        self.out, self.neutralise = out, neutralise
+        self.buffer = io.StringIO()
+        self.writer = csv.writer(self.buffer, lineterminator="\r\n")
+
+    def writerow(self, row: list[str]) -> None:
+        if self.neutralise:
+            row = [neutralised(row[0]), *row[1:-1], neutralised(row[-1])]  # path and error: the free text
+        self.buffer.seek(0)
+        self.buffer.truncate()
+        self.writer.writerow(row)
+        self.out.write(self.buffer.getvalue()[:-2] + "\n")
 
 
 def to_rows(result: ImageResult) -> list[list[str]]:
@@ -40,6 +65,7 @@ class Totals:
     faces: int = 0
     no_face: int = 0
     errors: int = 0
+    skipped: int = 0  # files left out because their names are not image names
 
     def add(self, result: ImageResult) -> None:
         self.images += 1
@@ -49,22 +75,24 @@ class Totals:
 
     def __str__(self) -> str:
         return (f"{self.images} images, {self.faces} faces, {self.no_face} without a face, "
-                f"{self.errors} errors")
+                f"{self.errors} errors, {self.skipped} skipped (not images)")
 
 
-def write_csv(results: Iterable[ImageResult], out: IO[str]) -> Iterator[ImageResult]:
+def write_csv(results: Iterable[ImageResult], out: IO[str], neutralise: bool = True) -> Iterator[ImageResult]:
     """Write the header and each result's rows, passing each result on (for counting, progress)."""
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(COLUMNS)
+    writer = RowWriter(out, neutralise)
+    writer.writerow(list(COLUMNS))
     for result in results:
-        writer.writerows(to_rows(result))
+        for row in to_rows(result):
+            writer.writerow(row)
         yield result
 
 
 def write_all(results: Iterable[ImageResult], out: IO[str],
-              watch: Callable[[Iterator[ImageResult]], Iterable[ImageResult]] = iter) -> Totals:
+              watch: Callable[[Iterator[ImageResult]], Iterable[ImageResult]] = iter,
+              neutralise: bool = True) -> Totals:
     """Write the whole CSV; returns the totals. `watch` wraps the stream (e.g. a progress bar)."""
     totals = Totals()
-    for result in watch(write_csv(results, out)):
+    for result in watch(write_csv(results, out, neutralise)):
         totals.add(result)
     return totals

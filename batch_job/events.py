@@ -118,22 +118,39 @@ def sqs_messages(event: dict) -> list[Message]:
     return [sqs_message(record) for record in records]
 
 
-def prefix_request(event: dict) -> tuple[str, str | None]:
-    """{"prefix": "s3://bucket/prefix/", "output": "s3://bucket/key.csv"?} -> (prefix URL, output URL or None)."""
+def prefix_request(event: dict, output_bucket: str = "", output_prefix: str = "") -> tuple[str, str | None]:
+    """{"prefix": "s3://bucket/prefix/", "output": "s3://bucket/key.csv"?} -> (prefix URL, output URL or None).
+
+    An output is only accepted inside the function's own output area (s3://OUTPUT_BUCKET/OUTPUT_PREFIX...),
+    without '.' or '..' segments: whoever may invoke the function must not make it write anywhere its role
+    reaches.
+    """
     source, output = event.get("prefix"), event.get("output")
-    if not isinstance(source, str) or not source.startswith("s3://") or len(source) <= len("s3://"):
+    if not isinstance(source, str) or not source.startswith("s3://") or len(source) <= len("s3://") \
+            or source[len("s3://"):].startswith("/"):
         raise EventError(f"'prefix' must be an s3://bucket/prefix URL, not {source!r}")
-    if output is not None and (not isinstance(output, str) or not output.startswith("s3://")
-                               or output.endswith("/")):
-        raise EventError(f"'output' must be an s3://bucket/key.csv URL, not {output!r}")
+    if output is not None:
+        if not isinstance(output, str) or not output.startswith("s3://") or output.endswith("/"):
+            raise EventError(f"'output' must be an s3://bucket/key.csv URL, not {output!r}")
+        segments = output[len("s3://"):].split("/")
+        if any(segment in (".", "..") for segment in segments):
+            raise EventError(f"'output' must not contain '.' or '..' segments: {output!r}")
+        allowed = f"s3://{output_bucket}/{output_prefix}"
+        if output_bucket and not output.startswith(allowed):
+            raise EventError(f"'output' must be inside {allowed} (the function's output area), not {output!r}")
     return source, output
 
 
-def output_name(objects: list[S3Object] | tuple[S3Object, ...]) -> str:
+MAX_KEY_BYTES = 1024  # S3's limit on an object key
+
+
+def output_name(objects: list[S3Object] | tuple[S3Object, ...], prefix: str = "") -> str:
     """A CSV name that depends only on which uploads are scored: a retried or redelivered event gets the
     same name (its CSV is overwritten, never duplicated); a new upload of the same key gets a new one.
 
     One object: '<bucket>/<key>.<id>.csv' (found by listing '<bucket>/<key>.'); several: 'batch-<id>.csv'.
+    When `prefix` + that name would pass S3's 1,024-byte key limit, the key part is cut (at a character
+    boundary) and the id, which depends on the whole key, keeps names apart.
     """
     identity = sorted({(o.bucket, o.key, o.version) for o in objects})
     if not identity:
@@ -141,5 +158,10 @@ def output_name(objects: list[S3Object] | tuple[S3Object, ...]) -> str:
     digest = hashlib.sha256(json.dumps(identity, ensure_ascii=False).encode("utf-8")).hexdigest()
     if len(identity) == 1:
         bucket, key, _ = identity[0]
-        return f"{bucket}/{key}.{digest[:12]}.csv"
+        name = f"{bucket}/{key}.{digest[:12]}.csv"
+        room = MAX_KEY_BYTES - len(prefix.encode("utf-8")) - len(f"{bucket}/.{digest[:12]}.csv".encode("utf-8"))
+        if len((prefix + name).encode("utf-8")) > MAX_KEY_BYTES and room > 0:
+            short = key.encode("utf-8")[:room].decode("utf-8", errors="ignore")
+            name = f"{bucket}/{short}.{digest[:12]}.csv"
+        return name
     return f"batch-{digest[:20]}.csv"

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from batch_job.base import ModelError
+
 STRIDES = (8, 16, 32)
 DETECT_SIZE = 640  # the longest side an image is scaled to before detection (YuNet's own examples)
 SCORE_THRESHOLD = 0.6  # OpenCV's default is 0.9; 0.6 finds the faces of crowds (measured on ../shared/photos)
@@ -24,7 +26,7 @@ MAX_FACES = 1000  # per image: bounds the memory of one image's crops whatever t
 DEFAULT_DETECTOR = Path(__file__).resolve().parent.parent / "models" / "face_detection_yunet.onnx"
 
 
-class DetectorError(RuntimeError):
+class DetectorError(ModelError):
     """The face detector file is missing or not a YuNet graph (a fatal error, like a bad emotion model)."""
 
 

@@ -20,29 +20,74 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
+import sys
 from dataclasses import dataclass
 from itertools import chain
 from typing import Iterable, Mapping
 
 from batch_job import s3
 from batch_job.analysis import DEFAULT_FACE_MODE, FACE_MODES
+from batch_job.base import ConfigError
 from batch_job.csv_output import Totals, write_all
+from batch_job.destinations import open_destination
 from batch_job.events import (EventError, S3Object, event_kind, output_name, prefix_request, s3_objects,
                               sqs_messages)
 from batch_job.faces import FaceDetector
 from batch_job.model import EmotionModel
 from batch_job.pipeline import ImageResult, predict
-from batch_job.sources import non_empty
+from batch_job.sources import non_empty, open_sources
 
 DEFAULT_OUTPUT_PREFIX = "predictions/"
+log = logging.getLogger("batch_job")
 
 _model: EmotionModel | None = None
 _detector: FaceDetector | None = None
 
 
-class ConfigError(RuntimeError):
-    """The function is deployed without the settings it needs."""
+class BatchFailed(RuntimeError):
+    """Every message of an SQS batch failed: raised (as Powertools does) so Lambda's error metrics and
+    alarms see it; the queue retries the whole batch."""
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object per log record, with the request id and, for failures, the traceback."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.request_id = ""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = {"level": record.levelname.lower(), "message": record.getMessage(), "request_id": self.request_id,
+                  "logger": record.name, **getattr(record, "fields", {})}
+        if record.exc_info:
+            fields["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(fields, ensure_ascii=False, default=str)
+
+
+_formatter = JsonLines()
+
+
+class _Stdout(logging.StreamHandler):
+    """Lambda sends stdout to CloudWatch; looked up at each record, so a replaced sys.stdout is honoured."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def _setup_logging() -> None:
+    if not any(getattr(h, "formatter", None) is _formatter for h in log.handlers):
+        stream = _Stdout()
+        stream.setFormatter(_formatter)
+        log.addHandler(stream)
+        log.setLevel(logging.INFO)
+        log.propagate = False
 
 
 @dataclass(frozen=True)
@@ -106,12 +151,16 @@ def _summary(output: str | None, results: list[ImageResult]) -> dict:
 
 
 def handle_s3_event(event: dict, model: EmotionModel, config: Config) -> dict:
-    """An S3 notification invoking the function directly: one CSV for all its objects."""
+    """An S3 notification invoking the function directly: one CSV for all its objects. A transient S3 failure
+    fails the invocation, so Lambda's own retry of the asynchronous event scores it again."""
     objects = list(dict.fromkeys(s3_objects(event)))
     if not objects:
         return _summary(None, [])
     predictions = score_objects(objects, model, config)
-    key = config.output_prefix + output_name(objects)
+    later = [p.path for p in predictions if p.transient]
+    if later:
+        raise BatchFailed(f"{len(later)} objects met a transient S3 error (first: {later[0]}); retry the event")
+    key = config.output_prefix + output_name(objects, config.output_prefix)
     s3.put_text(config.output_bucket, key, csv_text(predictions))
     return _summary(f"s3://{config.output_bucket}/{key}", predictions)
 
@@ -132,8 +181,18 @@ def handle_sqs_event(event: dict, model: EmotionModel, config: Config) -> dict:
     output = None
     predictions: list[ImageResult] = []
     if objects:
-        predictions = score_objects(objects, model, config)
-        key = config.output_prefix + output_name(objects)
+        scored = dict(zip(objects, score_objects(objects, model, config), strict=True))
+        # A message with an object S3 could not serve just now goes back to the queue, whole; its objects
+        # stay out of this CSV (the retry writes them), so no permanent error row is written for them.
+        later = {m.message_id for m in usable if any(scored[o].transient for o in m.objects)}
+        for message_id in later:
+            _log(level="warning", messageId=message_id, error="transient S3 error: returned to the queue")
+        failed.extend(sorted(later))
+        usable = [m for m in usable if m.message_id not in later]
+        objects = list(dict.fromkeys(chain.from_iterable(m.objects for m in usable)))
+        predictions = [scored[o] for o in objects]
+    if objects:
+        key = config.output_prefix + output_name(objects, config.output_prefix)
         try:
             s3.put_text(config.output_bucket, key, csv_text(predictions))
             output = f"s3://{config.output_bucket}/{key}"
@@ -141,20 +200,28 @@ def handle_sqs_event(event: dict, model: EmotionModel, config: Config) -> dict:
             failed.extend(m.message_id for m in usable)
             _log(level="error", error=f"cannot write CSV s3://{config.output_bucket}/{key}: {s3.describe(error)}")
     _log(level="info", event="sqs", messages=len(messages), failed=len(failed), **_summary(output, predictions))
+    if messages and len(set(failed)) == len(messages):
+        raise BatchFailed(f"all {len(messages)} messages of the batch failed (first: {failed[0]})")
     return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in failed]}
 
 
 def handle_prefix_event(event: dict, model: EmotionModel, config: Config) -> dict:
     """{"prefix": "s3://bucket/photos/", "output": ...}: every image under the prefix into one CSV."""
-    source, output = prefix_request(event)
+    source, output = prefix_request(event, config.output_bucket, config.output_prefix)
     bucket, prefix = s3.parse_url(source)
     output = output or f"s3://{config.output_bucket}/{config.output_prefix}{bucket}/{prefix}predictions.csv"
-    items = non_empty(s3.s3_items(source))
-    if items is None:
-        raise EventError(f"no image files found under {source}")
-    with s3.csv_destination(output) as out:
-        totals = write_all(predict(items, model, config.batch_size, config.workers, config.faces,
-                                   get_detector(config)), out)
+    destination = open_destination(output)
+    try:
+        opened = open_sources([source])
+        items = non_empty(opened.items())
+        if items is None:
+            raise EventError(f"no image files found under {source}")
+        with destination.open() as out:
+            totals = write_all(predict(items, model, config.batch_size, config.workers, config.faces,
+                                       get_detector(config)), out)
+        totals.skipped = opened.stats.skipped
+    finally:
+        destination.close()
     return {"output": output, **vars(totals)}
 
 
@@ -163,6 +230,8 @@ HANDLERS = {"s3": handle_s3_event, "sqs": handle_sqs_event, "prefix": handle_pre
 
 def handler(event: dict, context: object = None) -> dict:
     """The Lambda entry point (image CMD: batch_job.handler.handler)."""
+    _setup_logging()
+    _formatter.request_id = getattr(context, "aws_request_id", "")
     kind = event_kind(event)
     if kind == "test":
         return {"ignored": "s3:TestEvent"}
@@ -173,6 +242,8 @@ def handler(event: dict, context: object = None) -> dict:
     return result
 
 
-def _log(**fields: object) -> None:
-    """One JSON line per fact: CloudWatch Logs Insights can filter and count them."""
-    print(json.dumps(fields, ensure_ascii=False, default=str), flush=True)
+def _log(level: str = "info", **fields: object) -> None:
+    """One JSON line per fact (through logging, with the request id): Logs Insights can filter and count."""
+    _setup_logging()
+    message = str(fields.pop("error", "") or fields.get("event", ""))
+    log.log(logging.getLevelName(level.upper()), message, extra={"fields": fields})

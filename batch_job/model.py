@@ -9,13 +9,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from batch_job.base import ModelError
 from batch_job.preprocessing import CLASSES
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "emotion.onnx"
-
-
-class ModelError(RuntimeError):
-    """The model file is missing, unreadable or not the model this service expects (a fatal error)."""
 
 
 def default_model_path() -> Path:
@@ -29,6 +26,15 @@ class ModelCard:
     input_size: int
     channels: int
     properties: dict
+
+    @property
+    def outputs_logits(self) -> bool:
+        """The card says the graph ends before its softmax (the service then applies it)."""
+        try:
+            meaning = json.loads(self.properties.get("output", "{}")).get("meaning", "")
+        except (ValueError, AttributeError):
+            meaning = ""
+        return "logit" in str(meaning).lower()
 
     @classmethod
     def from_metadata(cls, props: dict[str, str]) -> "ModelCard":
@@ -46,6 +52,8 @@ class EmotionModel:
         """threads: onnxruntime intra-op threads per call; the pipeline runs CPUs // threads calls at once."""
         self.path = Path(path) if path else default_model_path()
         self.threads = threads
+        if self.path.is_dir():
+            raise ModelError(f"model path is a folder, not an ONNX file: {self.path}")
         if not self.path.is_file():
             raise ModelError(f"model file not found: {self.path}")
         options = ort.SessionOptions()
@@ -59,7 +67,34 @@ class EmotionModel:
         if self.card.classes != CLASSES:
             raise ModelError(f"model classes {self.card.classes} differ from the service's {CLASSES}")
         self.input_name = self.session.get_inputs()[0].name
+        self._check_contract()
+
+    def _check_contract(self) -> None:
+        """The graph must take what the card says and give one probability per class: checked once at load,
+        so a wrong card is one clear error instead of a traceback or wrong rows for a whole batch."""
+        card = self.card
+        shape = self.session.get_inputs()[0].shape
+        expected = [card.input_size, card.input_size, card.channels]
+        if len(shape) != 4 or any(isinstance(d, int) and d != e for d, e in zip(shape[1:], expected, strict=True)):
+            raise ModelError(f"model input {shape} does not match its card (N, {card.input_size}, "
+                             f"{card.input_size}, {card.channels})")
+        try:
+            out = self.session.run(None, {self.input_name: np.full((2, *expected), 128, np.float32)})[0]
+        except Exception as error:  # onnxruntime's own exception types
+            raise ModelError(f"model does not run on its card's input (N, {card.input_size}, {card.input_size}, "
+                             f"{card.channels}): {str(error).splitlines()[0]}") from None
+        if out.ndim != 2 or out.shape[1] != len(card.classes):
+            raise ModelError(f"model outputs shape {list(out.shape)} but its card names {len(card.classes)} "
+                             f"classes")
+        if not card.outputs_logits and not (np.all((out >= -1e-4) & (out <= 1 + 1e-4))
+                                            and np.allclose(out.sum(axis=1), 1, atol=1e-3)):
+            raise ModelError("model outputs are not probabilities (each row in [0, 1], summing to 1); if the "
+                             "graph ends in logits, its card's output.meaning must say 'logits'")
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 (N, size, size, channels) -> float32 probabilities (N, classes)."""
-        return self.session.run(None, {self.input_name: pixels.astype(np.float32, copy=False)})[0]
+        out = self.session.run(None, {self.input_name: pixels.astype(np.float32, copy=False)})[0]
+        if self.card.outputs_logits:
+            shifted = np.exp(out - out.max(axis=1, keepdims=True))
+            out = shifted / shifted.sum(axis=1, keepdims=True)
+        return out

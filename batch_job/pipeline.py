@@ -8,6 +8,7 @@ is scored in full batches, and a group photo's faces go through together.
 """
 from __future__ import annotations
 
+import logging
 import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -17,10 +18,12 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from batch_job.analysis import DEFAULT_FACE_MODE, NO_FACE, Analysis, analyse
+from batch_job.base import InputError, Item
+from batch_job.budget import READS
 from batch_job.faces import FaceDetector
 from batch_job.model import EmotionModel
-from batch_job.preprocessing import ImageError
-from batch_job.sources import Item
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class ImageResult:
     path: str
     faces: tuple[FaceResult, ...] = ()
     error: str = ""  # why it could not be scored ('' when it was, NO_FACE when it holds no face)
+    transient: bool = False  # the failure may pass on a retry (S3 throttling, 5xx)
 
     @property
     def failed(self) -> bool:
@@ -49,12 +53,15 @@ def _analyse(item: Item, mode: str, detector: FaceDetector | None, size: int, ch
     """Faces, or an error: a bad input must never stop the batch."""
     try:
         return analyse(item.read(), mode, detector, size, channels)
-    except ImageError as error:
-        return Analysis(error=str(error))
+    except InputError as error:
+        return Analysis(error=str(error), transient=error.transient)
     except OSError as error:
         return Analysis(error=f"cannot read: {error.strerror or error}")
-    except Exception as error:  # noqa: BLE001 - S3 errors, odd codecs: anything becomes an error row
+    except Exception as error:  # noqa: BLE001 - odd codecs, library bugs: anything becomes an error row
+        log.warning("unexpected error on %s", item.path, exc_info=True)
         return Analysis(error=f"{type(error).__name__}: {error}")
+    finally:
+        READS.release_thread()  # the bytes the reader reserved are gone with this frame
 
 
 def decoded(items: Iterable[Item], decode: Callable[[Item], Analysis], workers: int,
@@ -62,14 +69,18 @@ def decoded(items: Iterable[Item], decode: Callable[[Item], Analysis], workers: 
     """Ordered, bounded parallel map: at most `lookahead` decodes are queued or held at any time."""
     pending: deque[tuple[Item, Future]] = deque()
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for item in items:
-            pending.append((item, pool.submit(decode, item)))
-            if len(pending) >= lookahead:
+        try:
+            for item in items:
+                pending.append((item, pool.submit(decode, item)))
+                if len(pending) >= lookahead:
+                    done, future = pending.popleft()
+                    yield done, future.result()
+            while pending:
                 done, future = pending.popleft()
                 yield done, future.result()
-        while pending:
-            done, future = pending.popleft()
-            yield done, future.result()
+        finally:  # interrupted (Ctrl-C, SIGTERM, a failed output): do not decode what nobody will read
+            for _, future in pending:
+                future.cancel()
 
 
 def usable_cpus() -> int:
@@ -84,7 +95,7 @@ def _score_batch(batch: list[tuple[Item, Analysis]], model: EmotionModel) -> lis
     results = []
     for item, analysis in batch:
         if analysis.error or not analysis.faces:
-            results.append(ImageResult(item.path, error=analysis.error or NO_FACE))
+            results.append(ImageResult(item.path, error=analysis.error or NO_FACE, transient=analysis.transient))
             continue
         faces = tuple(FaceResult(number, face.box, face.score, next(probs))
                       for number, face in enumerate(analysis.faces, start=1))

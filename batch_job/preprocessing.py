@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import math
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Union
@@ -21,9 +20,11 @@ from typing import BinaryIO, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from batch_job.base import ImageError
+
 CLASSES = ("happy", "neutral", "sad", "surprise")
 INPUT_SIZE = 48
-MAX_PIXELS = 50_000_000  # larger than any real photo of a face; beyond this we refuse (decompression bombs)
+MAX_PIXELS = 120_000_000  # a 108 MP phone photo fits; beyond this we refuse (decompression bombs)
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
 PREPROCESSING = "exif-orient, alpha over white, 16-bit scaled to 8, grayscale, center-crop square, bilinear resize"
 # A detected face is cropped as a square of FACE_CROP_SCALE x the box's longer side, centred FACE_CROP_SHIFT
@@ -34,10 +35,14 @@ FACE_CROP_SHIFT = 0.0
 EXIF_ORIENTATION = 0x0112
 
 Source = Union[str, Path, bytes, BinaryIO]
-
-
-class ImageError(ValueError):
-    """An input that cannot become a model input; its message is meant for the CSV's error column."""
+Image.MAX_IMAGE_PIXELS = None  # Pillow's own check warns through the (process-wide) warnings machinery, which
+# threads cannot use safely; open_image checks MAX_PIXELS itself, and batch_job.budget bounds the memory
+BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "La": 2, "RGB": 3, "YCbCr": 3, "LAB": 3, "HSV": 3,
+                   "RGBA": 4, "RGBa": 4, "RGBX": 4, "CMYK": 4, "I": 4, "F": 4, "I;16": 2, "I;16L": 2, "I;16B": 2,
+                   "I;16N": 2}
+ORIENTATIONS = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+                5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+                8: Image.Transpose.ROTATE_90}
 
 
 def open_image(source: Source) -> Image.Image:
@@ -49,33 +54,52 @@ def open_image(source: Source) -> Image.Image:
     elif isinstance(source, (str, Path)) and Path(source).stat().st_size == 0:
         raise ImageError("empty file (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(source)
+        image = Image.open(source)
     except UnidentifiedImageError:
         raise ImageError("not a recognised image format") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError("image too large (possible decompression bomb)") from None
+    except (OSError, ValueError, SyntaxError) as error:
+        raise ImageError(f"cannot read image header: {error}") from None
     if image.width * image.height > MAX_PIXELS:
         raise ImageError(f"image too large ({image.width}x{image.height} pixels, limit {MAX_PIXELS})")
     return image
 
 
 def _to_grayscale(image: Image.Image) -> Image.Image:
+    """Any mode -> L. Numbers beyond 8 bits are scaled by their range (16-bit by 257, floats in [0, 1] by
+    255, anything else by its own min-max); transparency is composited over white."""
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         pixels = np.asarray(image, dtype=np.float32)
-        if image.mode.startswith("I;16") or pixels.max(initial=0) > 255:
+        if not np.isfinite(pixels).all():
+            raise ImageError("image has NaN or infinite pixels")
+        low, high = float(pixels.min(initial=0)), float(pixels.max(initial=0))
+        if image.mode == "F" and low >= 0 and high <= 1:
+            pixels = pixels * 255.0  # floats in [0, 1]
+        elif image.mode.startswith("I;16") or 255 < high <= 65535 and low >= 0:
             pixels = pixels / 257.0  # 16-bit range -> 8-bit range
-        return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+        elif low < 0 or high > 65535:
+            pixels = (pixels - low) * (255.0 / (high - low or 1))
+        return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, rgba)
+        # gray, then over white by the alpha: one byte per pixel per step, not four
+        alpha = image.convert("RGBA").getchannel("A") if image.mode != "LA" else image.getchannel("A")
+        gray = image.convert("RGB").convert("L") if image.mode not in ("LA", "La") else image.convert("L")
+        return Image.composite(gray, Image.new("L", image.size, 255), alpha)
     if image.mode != "L":
         image = image.convert("RGB").convert("L")
     return image
+
+
+def decode_cost(image: Image.Image, scale: float = 1.0) -> int:
+    """Bytes a decode of this (opened, not loaded) image at `scale` will hold at its peak: the decoded pixels
+    in their own mode plus the grayscale, orientation and transparency copies made from them."""
+    factor = 1.0
+    if image.format == "JPEG":
+        while factor > 1 / 8 and factor / 2 >= scale:
+            factor /= 2  # draft decodes at 1/2, 1/4 or 1/8 when that is still at least `scale`
+    pixels = math.ceil(image.width * factor) * math.ceil(image.height * factor)
+    return pixels * (BYTES_PER_PIXEL.get(image.mode, 4) + 4)
 
 
 def preprocess(image: Image.Image, size: int = INPUT_SIZE, channels: int = 1) -> np.ndarray:
@@ -144,11 +168,15 @@ def decode_gray(image: Image.Image, scale: float = 1.0) -> GrayImage:
     JPEG decodes at 1/2, 1/4 or 1/8 scale for a fraction of the work (draft); other formats decode whole.
     """
     full_size = displayed_size(image)
+    orientation = image.getexif().get(EXIF_ORIENTATION, 1)
     try:
         if image.format == "JPEG" and scale < 1:
             image.draft("L", (math.ceil(image.width * scale), math.ceil(image.height * scale)))
         image.load()
-        return GrayImage(_to_grayscale(ImageOps.exif_transpose(image)), full_size)
+        gray = _to_grayscale(image)  # before turning it: one byte per pixel to move, not three or four
+        if orientation in ORIENTATIONS:
+            gray = gray.transpose(ORIENTATIONS[orientation])
+        return GrayImage(gray, full_size)
     except ImageError:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:

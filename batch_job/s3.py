@@ -8,26 +8,24 @@ honoured by boto3 itself.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 import threading
-from contextlib import contextmanager
-from typing import IO, Iterator
+from typing import Iterator
 
+from batch_job.base import DestinationError, Item, ReadError, SourceError
+from batch_job.budget import READS
+from batch_job.local import MAX_INPUT_BYTES, WalkStats
 from batch_job.preprocessing import is_image_path
-from batch_job.sources import Item, SourceError
 
 SCHEME = "s3://"
 S3_WORKERS = 32  # fetch threads for S3 sources: requests are latency-bound, not CPU-bound
 MAX_POOL_CONNECTIONS = 64
-MAX_OBJECT_BYTES = 64 * 1024 * 1024  # far beyond any face photo; larger objects become error rows
+MAX_KEY_BYTES = 1024  # S3's limit on an object key
+MAX_OBJECT_BYTES = MAX_INPUT_BYTES  # the same cap as local files; larger objects become error rows
+TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
+                   "InternalError", "ServiceUnavailable", "503", "500", "502", "504"}
 
 _client = None
 _client_lock = threading.Lock()
-
-
-class DestinationError(RuntimeError):
-    """The CSV cannot be written to S3 (bad URL, missing bucket, no permission): fatal for the run."""
 
 
 def is_s3_url(text: str) -> bool:
@@ -79,8 +77,22 @@ def describe(error: Exception) -> str:
     return str(error) or type(error).__name__
 
 
+def is_transient(error: Exception) -> bool:
+    """Whether S3 said 'later' (throttling, 5xx, a lost connection) rather than something about the object,
+    once boto3's own retries are spent."""
+    from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError, HTTPClientError
+
+    if isinstance(error, (BotoConnectionError, HTTPClientError)):
+        return True
+    if isinstance(error, ClientError):
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return error.response.get("Error", {}).get("Code") in TRANSIENT_CODES or status == 429 or status >= 500
+    return False
+
+
 def read_object(bucket: str, key: str) -> bytes:
-    """The object's bytes. Failures raise OSError, which the pipeline turns into the row's error."""
+    """The object's bytes, held in the read budget until the pipeline is done with them. Failures raise
+    ReadError (transient when S3 may answer later), which the pipeline turns into the row's error."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
@@ -88,10 +100,14 @@ def read_object(bucket: str, key: str) -> bytes:
         size = response.get("ContentLength", 0)
         if size > MAX_OBJECT_BYTES:
             response["Body"].close()
-            raise OSError(f"object too large ({size} bytes, limit {MAX_OBJECT_BYTES})")
-        return response["Body"].read()
+            raise ReadError(f"object too large ({size} bytes, limit {MAX_OBJECT_BYTES})")
+        READS.reserve_for_thread(size)
+        data = response["Body"].read(MAX_OBJECT_BYTES + 1)
+        if len(data) > MAX_OBJECT_BYTES:
+            raise ReadError(f"object too large (more than {MAX_OBJECT_BYTES} bytes)")
+        return data
     except (ClientError, BotoCoreError) as error:
-        raise OSError(describe(error)) from None
+        raise ReadError(describe(error), transient=is_transient(error)) from None
 
 
 def object_item(bucket: str, key: str, path: str | None = None) -> Item:
@@ -99,8 +115,9 @@ def object_item(bucket: str, key: str, path: str | None = None) -> Item:
     return Item(key if path is None else path, lambda: read_object(bucket, key))
 
 
-def list_keys(bucket: str, prefix: str) -> Iterator[str]:
-    """Image keys under prefix in listing order (S3 lists keys sorted), one page at a time."""
+def list_keys(bucket: str, prefix: str, stats: WalkStats | None = None) -> Iterator[str]:
+    """Image keys under prefix in listing order (S3 lists keys sorted), one page at a time; other keys
+    (folder markers aside) are counted in stats.skipped."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     pages = client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
@@ -110,11 +127,13 @@ def list_keys(bucket: str, prefix: str) -> Iterator[str]:
                 key = entry["Key"]
                 if not key.endswith("/") and is_image_path(key):
                     yield key
+                elif not key.endswith("/") and stats is not None:
+                    stats.skipped += 1
     except (ClientError, BotoCoreError) as error:
         raise SourceError(f"cannot list s3://{bucket}/{prefix}: {describe(error)}") from None
 
 
-def s3_items(url: str, full_url: bool = False) -> Iterator[Item]:
+def s3_items(url: str, full_url: bool = False, stats: WalkStats | None = None) -> Iterator[Item]:
     """s3://bucket/key.jpg (one object) or s3://bucket/prefix (every image key starting with prefix).
 
     The CSV path is the full object key, or s3://bucket/key when `full_url` (several sources in one run).
@@ -128,7 +147,7 @@ def s3_items(url: str, full_url: bool = False) -> Iterator[Item]:
         _check_object(bucket, key)
         keys: Iterator[str] = iter([key])
     else:
-        keys = list_keys(bucket, key)
+        keys = list_keys(bucket, key, stats)
     for found in keys:
         yield object_item(bucket, found, f"{SCHEME}{bucket}/{found}" if full_url else found)
 
@@ -143,21 +162,29 @@ def _check_object(bucket: str, key: str) -> None:
         raise SourceError(f"cannot read s3://{bucket}/{key}: {describe(error)}") from None
 
 
-def _check_destination(bucket: str, key: str) -> None:
-    """Fail before scoring, not after, when the output bucket does not exist. A 403 is let through:
-    a writer may have PutObject without ListBucket, and the upload itself will tell."""
+def check_destination(url: str) -> tuple[str, str]:
+    """(bucket, key) of an s3:// CSV destination, checked before scoring: the key names an object and the
+    bucket exists. A 403 is let through: a writer may have PutObject without ListBucket, and the upload
+    itself will tell."""
     from botocore.exceptions import BotoCoreError, ClientError
 
+    try:
+        bucket, key = parse_url(url)
+    except ValueError as error:
+        raise DestinationError(str(error)) from None
+    if len(key.encode("utf-8")) > MAX_KEY_BYTES:
+        raise DestinationError(f"output key longer than S3's {MAX_KEY_BYTES} bytes: {url[:80]}...")
     if not key or key.endswith("/"):
         raise DestinationError(f"output needs an object key, e.g. s3://{bucket}/{key}predictions.csv")
     try:
         client().head_bucket(Bucket=bucket)
     except ClientError as error:
         if error.response.get("Error", {}).get("Code") in ("403", "AccessDenied", "Forbidden"):
-            return
+            return bucket, key
         raise DestinationError(f"cannot write to s3://{bucket}/: {describe(error)}") from None
     except BotoCoreError as error:
         raise DestinationError(f"cannot write to s3://{bucket}/: {describe(error)}") from None
+    return bucket, key
 
 
 def upload_file(path: str, url: str) -> None:
@@ -168,23 +195,6 @@ def upload_file(path: str, url: str) -> None:
         client().upload_file(path, bucket, key, ExtraArgs={"ContentType": "text/csv"})
     except (ClientError, BotoCoreError) as error:
         raise DestinationError(f"cannot upload {url}: {describe(error)}") from None
-
-
-@contextmanager
-def csv_destination(url: str) -> Iterator[IO[str]]:
-    """A local temp file to write the CSV into, uploaded to `url` only if the block completes."""
-    try:
-        bucket, key = parse_url(url)
-    except ValueError as error:
-        raise DestinationError(str(error)) from None
-    _check_destination(bucket, key)
-    fd, tmp = tempfile.mkstemp(prefix="predictions-", suffix=".csv")
-    try:
-        with os.fdopen(fd, "w", newline="") as out:
-            yield out
-        upload_file(tmp, url)
-    finally:
-        os.unlink(tmp)
 
 
 def put_text(bucket: str, key: str, text: str) -> None:

@@ -1,62 +1,87 @@
-"""Where images come from: each input becomes an Item with a display path and a way to read its bytes."""
+"""Where images come from: the one place that turns the SOURCEs of a run into Items.
+
+A source is a local folder or file, s3://bucket/prefix or s3://bucket/key.jpg. open_sources() recognises the
+scheme, drops sources that another source already covers (`run DIR DIR/a.jpg`, `run dir dir/`: each file is
+scored once) and counts what it skipped; the CLI, the Lambda handler and Batch all go through it.
+"""
 from __future__ import annotations
 
 import itertools
 import os
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
 
+from batch_job.base import Item, SourceError  # noqa: F401 - re-exported: the names callers know
+from batch_job.local import WalkStats, local_items
 from batch_job.preprocessing import is_image_path
 
-
-class SourceError(RuntimeError):
-    """A source that cannot be listed at all (missing folder, no permission): fatal for the run."""
+S3_SCHEME = "s3://"
 
 
-@dataclass(frozen=True)
-class Item:
-    path: str  # what the CSV's path column shows
-    read: Callable[[], bytes]
+def is_s3(source: str) -> bool:
+    return source.startswith(S3_SCHEME)
 
 
-def _walk_sorted(folder: Path) -> Iterator[Path]:
-    """Image files under folder, recursively, in a deterministic order (sorted names, depth first)."""
-    def on_error(error: OSError) -> None:
-        raise SourceError(f"cannot read folder {error.filename}: {error.strerror}")
-
-    for root, dirs, files in os.walk(folder, onerror=on_error):
-        dirs.sort()
-        for name in sorted(files):
-            if is_image_path(name):
-                yield Path(root) / name
+def _is_single_s3_object(url: str) -> bool:
+    key = url[len(S3_SCHEME):].partition("/")[2]
+    return bool(key) and not key.endswith("/") and is_image_path(key)
 
 
-def local_items(source: str, prefix_with_source: bool = False) -> Iterator[Item]:
-    """A folder (recursive) or one file. Paths are relative to the folder, or prefixed with it if asked."""
-    path = Path(source)
-    if path.is_file():
-        yield Item(source, path.read_bytes)
-    elif path.is_dir():
-        for file in _walk_sorted(path):
-            relative = file.relative_to(path).as_posix()
-            yield Item(f"{source.rstrip('/')}/{relative}" if prefix_with_source else relative, file.read_bytes)
-    else:
-        raise SourceError(f"no such file or folder: {source}")
+def _covers(outer: str, inner: str) -> bool:
+    """Whether every input of `inner` is also an input of `outer` (both already normalised)."""
+    if is_s3(outer) != is_s3(inner):
+        return False
+    if is_s3(outer):
+        return not _is_single_s3_object(outer) and inner.startswith(outer)
+    return os.path.isdir(outer) and inner.startswith(outer.rstrip("/") + "/")
+
+
+def _normalised(source: str) -> str:
+    if is_s3(source):
+        return source
+    try:
+        return os.path.realpath(source)
+    except (OSError, ValueError):
+        return source
+
+
+@dataclass
+class Sources:
+    """The sources to read, after removing those that repeat another; `stats` counts what the walk skipped."""
+    given: list[str]
+    kept: list[str] = field(default_factory=list)
+    dropped: list[tuple[str, str]] = field(default_factory=list)  # (source, the source that covers it)
+    stats: WalkStats = field(default_factory=WalkStats)
+
+    def items(self) -> Iterator[Item]:
+        """Every input, in order; with several sources each path keeps its source as a prefix."""
+        several = len(self.kept) > 1
+        for source in self.kept:
+            if is_s3(source):
+                from batch_job.s3 import s3_items
+
+                yield from s3_items(source, full_url=several, stats=self.stats)
+            else:
+                yield from local_items(source, prefix_with_source=several, stats=self.stats)
+
+
+def open_sources(sources: list[str]) -> Sources:
+    """Sources without repeats: a source equal to an earlier one, or inside another folder/prefix, is dropped."""
+    result = Sources(list(sources))
+    normal = [_normalised(source) for source in sources]
+    for index, (source, key) in enumerate(zip(sources, normal, strict=True)):
+        earlier = [sources[i] for i in range(index) if normal[i] == key]
+        covering = [sources[i] for i, other in enumerate(normal) if i != index and other != key and _covers(other, key)]
+        if earlier or covering:
+            result.dropped.append((source, (earlier or covering)[0]))
+        else:
+            result.kept.append(source)
+    return result
 
 
 def items_for(sources: list[str]) -> Iterator[Item]:
-    """Every input named on the command line, in order; several sources keep their own prefix.
-
-    s3://bucket/prefix and s3://bucket/key.jpg are listed lazily by batch_job.s3 (imported only when used).
-    """
-    for source in sources:
-        if source.startswith("s3://"):
-            from batch_job.s3 import s3_items
-
-            yield from s3_items(source, full_url=len(sources) > 1)
-        else:
-            yield from local_items(source, prefix_with_source=len(sources) > 1)
+    """Every input named on the command line, in order, each once (see open_sources)."""
+    return open_sources(sources).items()
 
 
 def non_empty(items: Iterable[Item]) -> Iterator[Item] | None:

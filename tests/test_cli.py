@@ -65,7 +65,7 @@ def make_bad_inputs(folder: Path) -> dict[str, str]:
     (folder / "truncated.jpg").write_bytes(good.getvalue()[:2000])
     (folder / "text.png").write_text("this is not a picture")
     bomb = io.BytesIO()
-    Image.new("1", (10_000, 10_000)).save(bomb, "PNG")
+    Image.new("1", (12_000, 12_000)).save(bomb, "PNG")
     (folder / "bomb.png").write_bytes(bomb.getvalue())
     return {"empty.jpg": "empty file", "truncated.jpg": "cannot decode", "text.png": "not a recognised image",
             "bomb.png": "too large"}
@@ -81,7 +81,7 @@ def test_bad_inputs_get_error_rows_and_the_batch_completes(image_folder, tiny_mo
     for name, words in expected_errors.items():
         assert words in rows[name]["error"] and rows[name]["emotion"] == "" and rows[name]["p_happy"] == ""
     assert sum(1 for r in rows.values() if r["emotion"]) == 8
-    assert ", 4 errors in" in result.stderr
+    assert ", 4 errors, 1 skipped (not images) in" in result.stderr
 
 
 def test_single_files_and_several_sources(image_folder, tiny_model, tmp_path):

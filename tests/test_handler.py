@@ -53,7 +53,7 @@ def test_s3_put_event_with_encoded_keys_writes_one_row_per_object_to_the_output_
 
     key, rows = only_csv(buckets)
     assert key.startswith("predictions/batch-") and key.endswith(".csv")
-    assert result == {"output": f"s3://{OUT}/{key}", "images": 3, "faces": 3, "no_face": 0, "errors": 0}
+    assert result == {"output": f"s3://{OUT}/{key}", "images": 3, "faces": 3, "no_face": 0, "errors": 0, "skipped": 0}
     assert [row["path"] for row in rows] == ODD_KEYS
     assert all(row["error"] == "" and row["emotion"] for row in rows)
     assert all_keys(buckets, IN) == sorted(ODD_KEYS)  # nothing written back to the input bucket
@@ -179,13 +179,22 @@ def test_prefix_invocation_scores_every_image_under_it_into_one_csv(buckets):
     result = handler({"prefix": f"s3://{IN}/photos/"}, None)
 
     expected = f"s3://{OUT}/predictions/{IN}/photos/predictions.csv"
-    assert result == {"output": expected, "images": 5, "faces": 5, "no_face": 0, "errors": 0}
+    assert result == {"output": expected, "images": 5, "faces": 5, "no_face": 0, "errors": 0, "skipped": 1}
     rows = read_csv(get_text(buckets, OUT, f"predictions/{IN}/photos/predictions.csv"))
     assert [row["path"] for row in rows] == [f"photos/{i}.png" for i in range(5)]
 
-    result = handler({"prefix": f"s3://{IN}/photos/", "output": f"s3://{OUT}/reports/june.csv"}, None)
-    assert result["output"] == f"s3://{OUT}/reports/june.csv" and result["images"] == 5
-    assert len(read_csv(get_text(buckets, OUT, "reports/june.csv"))) == 5
+    result = handler({"prefix": f"s3://{IN}/photos/", "output": f"s3://{OUT}/predictions/june.csv"}, None)
+    assert result["output"] == f"s3://{OUT}/predictions/june.csv" and result["images"] == 5
+    assert len(read_csv(get_text(buckets, OUT, "predictions/june.csv"))) == 5
+
+
+@pytest.mark.parametrize("output", [f"s3://{OUT}/reports/june.csv", "s3://someone-elses-bucket/predictions/x.csv",
+                                    f"s3://{OUT}/predictions/../reports/x.csv", f"s3://{OUT}/predictions/./x.csv"])
+def test_prefix_invocation_refuses_an_output_outside_the_functions_output_area(buckets, output):
+    buckets.put_object(Bucket=IN, Key="photos/1.png", Body=image_bytes(1))
+    with pytest.raises(EventError, match="output"):
+        handler({"prefix": f"s3://{IN}/photos/", "output": output}, None)
+    assert all_keys(buckets, OUT) == []
 
 
 def test_prefix_invocation_fails_loudly_for_a_missing_bucket_or_an_empty_prefix(buckets):

@@ -9,6 +9,7 @@ import uuid
 import pytest
 
 from batch_job import s3
+from batch_job.base import DestinationError
 from batch_job.sources import SourceError, items_for
 from tests.cloud_helpers import (CORRUPT_JPEG, all_keys, aws, get_text, image_bytes, moto_server,  # noqa: F401
                                  put_many, read_csv, server_client, server_env)
@@ -137,9 +138,12 @@ def test_s3_prefix_skips_non_image_keys_and_folder_markers(moto_server, many, mo
 
 
 def test_destination_must_name_an_object(aws):
-    with pytest.raises(s3.DestinationError, match="object key"):
-        with s3.csv_destination("s3://bucket/folder/"):
-            pass
+    from batch_job.destinations import open_destination
+
+    with pytest.raises(DestinationError, match="object key"):
+        open_destination("s3://bucket/folder/")
+    with pytest.raises(DestinationError, match="1024"):
+        open_destination("s3://bucket/" + "k" * 1025 + ".csv")
 
 
 def test_bad_s3_url_is_a_source_error(aws):

@@ -1,0 +1,58 @@
+"""What every other module shares: the input Item and one hierarchy of errors. A leaf: imports nothing of ours.
+
+Two kinds of failure, never mixed:
+- BatchJobError and its subclasses stop a run (bad model, unreadable source, unwritable destination): the CLI
+  prints the message on one line and exits 1; the Lambda handler lets it fail the invocation.
+- InputError and its subclasses concern one input: the message goes into that input's CSV row and the batch
+  goes on. `transient` marks failures worth retrying later (S3 throttling, 5xx), which the SQS path hands
+  back to the queue instead of writing a permanent error row.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+
+class BatchJobError(Exception):
+    """A failure of the whole run (exit status 1), with a one-line message for people."""
+
+
+class SourceError(BatchJobError):
+    """A source that cannot be listed at all (missing folder, no permission, bad URL)."""
+
+
+class DestinationError(BatchJobError):
+    """The output cannot be written (bad path, no permission, full disk, upload refused)."""
+
+
+class ModelError(BatchJobError):
+    """The model file is missing, unreadable or not the model this service expects."""
+
+
+class ConfigError(BatchJobError):
+    """The service is deployed or called without the settings it needs."""
+
+
+class InputError(Exception):
+    """One input that cannot be scored; the message is meant for the CSV's error column."""
+
+    transient = False
+
+
+class ImageError(InputError, ValueError):
+    """The bytes are not an image we can decode (empty, truncated, unknown format, too large, NaN pixels)."""
+
+
+class ReadError(InputError):
+    """The bytes cannot be read (not a regular file, no permission, too large, object missing)."""
+
+    def __init__(self, message: str, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
+
+
+@dataclass(frozen=True)
+class Item:
+    """One input: what the CSV's path column shows, and how to read its bytes (only when the pipeline asks)."""
+    path: str
+    read: Callable[[], bytes]

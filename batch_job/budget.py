@@ -1,0 +1,71 @@
+"""Memory budgets, in bytes, shared by every thread that reads or decodes an input.
+
+Thirty-two S3 fetch threads each decoding a 7000x7000 RGBA PNG would need 7 GB at once; with the budgets
+they take turns: a thread reserves what its input will cost before allocating it and waits while others
+hold the rest. Two budgets, always taken in the same order, so no two threads can wait on each other:
+- READS: the bytes of an input, reserved by the reader once it knows the size (file size, S3
+  ContentLength) and held until the input has been analysed (a quarter of the total);
+- DECODES: the pixels of a decode, reserved from the image's header before decoding (three quarters).
+An input bigger than a whole budget still runs, alone. So the memory that inputs in flight hold stays under
+the total (DECODE_BUDGET_MB, default 1024) plus the largest single input, whatever the inputs and workers.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+DEFAULT_BUDGET_MB = 1024
+_reserved = threading.local()  # read reservations of the current thread, released by the pipeline
+
+
+class MemoryBudget:
+    def __init__(self, total_bytes: int):
+        self.total = max(1, int(total_bytes))
+        self.used = 0
+        self.peak = 0
+        self._changed = threading.Condition()
+
+    def acquire(self, amount: int) -> int:
+        """Wait until `amount` bytes fit (or nothing else is held), then hold them; returns what was held."""
+        amount = max(0, int(amount))
+        with self._changed:
+            while self.used and self.used + amount > self.total:
+                self._changed.wait()
+            self.used += amount
+            self.peak = max(self.peak, self.used)
+        return amount
+
+    def release(self, amount: int) -> None:
+        with self._changed:
+            self.used = max(0, self.used - int(amount))
+            self._changed.notify_all()
+
+    @contextmanager
+    def hold(self, amount: int) -> Iterator[None]:
+        held = self.acquire(amount)
+        try:
+            yield
+        finally:
+            self.release(held)
+
+    def reserve_for_thread(self, amount: int) -> None:
+        """Hold `amount` until this thread calls release_thread() (a reader's bytes, kept while analysed)."""
+        _reserved.held = getattr(_reserved, "held", 0) + self.acquire(amount)
+
+    def release_thread(self) -> None:
+        self.release(getattr(_reserved, "held", 0))
+        _reserved.held = 0
+
+
+def total_bytes() -> int:
+    try:
+        megabytes = float(os.environ.get("DECODE_BUDGET_MB") or DEFAULT_BUDGET_MB)
+    except ValueError:
+        megabytes = DEFAULT_BUDGET_MB
+    return int(max(megabytes, 16) * 1024 * 1024)
+
+
+READS = MemoryBudget(total_bytes() // 4)
+DECODES = MemoryBudget(total_bytes() - total_bytes() // 4)

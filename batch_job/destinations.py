@@ -1,0 +1,203 @@
+"""Where the CSV goes: one place that opens a DEST, checked before any image is scored.
+
+- `-`: standard output; a reader that goes away (`| head`) ends the run quietly (OutputClosed).
+- a local path: refused up front when it is a folder, its folder is missing or not writable, or it is one of
+  the input images. Rows go to a temporary file beside it (created during the check, so /proc or a read-only
+  folder fail before the work), renamed into place when complete, with the permissions the umask gives.
+  If the disk fills up or the file grows past a limit mid-run, the rows move to a file in the system's
+  temporary folder and the run ends by naming it: the work is never thrown away.
+- s3://bucket/key: the bucket is checked first; rows go to a local temporary file, uploaded when complete;
+  a refused upload names the local file it kept.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from contextlib import contextmanager
+from typing import IO, Iterator
+
+from batch_job.base import DestinationError
+from batch_job.preprocessing import is_image_path
+
+
+class OutputClosed(Exception):
+    """Standard output was closed by its reader (a broken pipe): nothing is wrong, nobody is listening."""
+
+
+class SpillingFile:
+    """A text sink over a file that, when a write fails (full disk, file too large), copies what was
+    written so far to the system's temporary folder and carries on there."""
+
+    def __init__(self, path: str, fd: int):
+        self.path = path
+        self.file = os.fdopen(fd, "wb")
+        self.good = 0  # bytes known to be in the file
+        self.spilled_to: str | None = None
+        self.reason = ""
+
+    def write(self, text: str) -> int:
+        data = text.encode("utf-8")
+        try:
+            self.file.write(data)
+            self.file.flush()
+        except OSError as error:
+            if self.spilled_to:
+                raise DestinationError(f"cannot write {self.spilled_to} either: {error.strerror or error}") from None
+            self._spill(error)
+            self.file.write(data)
+            self.file.flush()
+        self.good += len(data)
+        return len(text)
+
+    def _spill(self, error: OSError) -> None:
+        fd, fallback = tempfile.mkstemp(prefix="predictions-", suffix=".csv")
+        spill = os.fdopen(fd, "wb")
+        with open(self.path, "rb") as written:
+            spill.write(written.read(self.good))
+        try:
+            self.file.close()
+        except OSError:
+            pass
+        os.unlink(self.path)
+        self.file, self.spilled_to, self.reason = spill, fallback, error.strerror or str(error)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+class Destination:
+    """A checked DEST. Use `with destination.open() as out:`; the CSV appears only if the block completes."""
+
+    def __init__(self, dest: str):
+        self.dest = dest
+
+    @contextmanager
+    def open(self) -> Iterator[IO[str]]:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return self.dest
+
+    def close(self) -> None:
+        """Remove whatever the check created if the CSV was never written (a fatal error came first)."""
+
+
+class StdoutDestination(Destination):
+    @contextmanager
+    def open(self) -> Iterator[IO[str]]:
+        try:
+            yield sys.stdout
+            sys.stdout.flush()
+        except BrokenPipeError:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's last flush does not complain
+            raise OutputClosed() from None
+
+    def describe(self) -> str:
+        return "stdout"
+
+
+class LocalDestination(Destination):
+    def __init__(self, dest: str, sources: list[str]):
+        super().__init__(dest)
+        if os.path.isdir(dest):
+            raise DestinationError(f"output is a folder, not a file: {dest}")
+        folder = os.path.dirname(os.path.abspath(dest))
+        if not os.path.isdir(folder):
+            raise DestinationError(f"output folder does not exist: {folder}")
+        target = os.path.realpath(dest)
+        for source in sources:
+            if source.startswith("s3://") or not is_image_path(dest):
+                continue
+            real = os.path.realpath(source)
+            if target == real or (os.path.isdir(real) and target.startswith(real.rstrip("/") + "/")):
+                raise DestinationError(f"output {dest} would overwrite an input image; choose a .csv path")
+        try:
+            self.fd, self.tmp = tempfile.mkstemp(prefix=".predictions-", suffix=".csv", dir=folder)
+        except OSError as error:
+            raise DestinationError(f"cannot write to {folder}: {error.strerror or error}") from None
+        self.opened = False
+
+    def close(self) -> None:
+        if not self.opened:
+            os.close(self.fd)
+            os.unlink(self.tmp)
+            self.opened = True
+
+    @contextmanager
+    def open(self) -> Iterator[IO[str]]:
+        self.opened = True
+        sink = SpillingFile(self.tmp, self.fd)
+        keep = False
+        try:
+            yield sink  # type: ignore[misc]  # a text sink: csv_output only calls write()
+            sink.close()
+            if sink.spilled_to:
+                keep = True
+                raise DestinationError(f"cannot write {self.dest}: {sink.reason}; the complete CSV is at "
+                                       f"{sink.spilled_to}")
+            try:
+                os.chmod(self.tmp, 0o666 & ~_umask())
+                os.replace(self.tmp, self.dest)
+            except OSError as error:
+                keep = True
+                raise DestinationError(f"cannot write {self.dest}: {error.strerror or error}; the complete CSV "
+                                       f"is at {self.tmp}") from None
+        finally:
+            if not keep:
+                for leftover in (self.tmp, sink.spilled_to):
+                    if leftover and os.path.exists(leftover):
+                        os.unlink(leftover)
+            try:
+                sink.close()
+            except OSError:
+                pass
+
+
+class S3Destination(Destination):
+    def __init__(self, dest: str):
+        super().__init__(dest)
+        from batch_job import s3
+
+        self.bucket, self.key = s3.check_destination(dest)
+
+    @contextmanager
+    def open(self) -> Iterator[IO[str]]:
+        from batch_job import s3
+
+        fd, tmp = tempfile.mkstemp(prefix="predictions-", suffix=".csv")
+        sink = SpillingFile(tmp, fd)
+        keep = False
+        try:
+            yield sink  # type: ignore[misc]
+            sink.close()
+            local = sink.spilled_to or tmp
+            try:
+                s3.upload_file(local, self.dest)
+            except DestinationError as error:
+                keep = True
+                raise DestinationError(f"{error}; the complete CSV is kept at {local}") from None
+        finally:
+            if not keep:
+                for leftover in (tmp, sink.spilled_to):
+                    if leftover and os.path.exists(leftover):
+                        os.unlink(leftover)
+
+
+def open_destination(dest: str, sources: list[str] | None = None) -> Destination:
+    """The DEST of a run, checked now (before scoring): '-', a local path or s3://bucket/key."""
+    if dest == "-":
+        return StdoutDestination(dest)
+    if dest.startswith("s3://"):
+        return S3Destination(dest)
+    return LocalDestination(dest, sources or [])
+
+
+__all__ = ["Destination", "OutputClosed", "open_destination"]
