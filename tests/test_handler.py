@@ -302,3 +302,59 @@ def test_s3_event_with_a_two_face_photo_writes_a_row_per_face(buckets):
     assert all(row["emotion"] and float(row["face_score"]) > 0.6 for row in rows)
     assert int(rows[0]["width"]) > int(rows[1]["width"])
     assert result["images"] == 1 and result["faces"] == 2 and result["errors"] == 0
+
+
+def test_a_transient_s3_failure_returns_its_message_to_the_queue_without_an_error_row(buckets, monkeypatch):
+    from batch_job import s3
+    from batch_job.base import ReadError
+
+    real_read = s3.read_object
+
+    def flaky(bucket, key):
+        if key == "uploads/b.png":
+            raise ReadError("SlowDown: Please reduce your request rate.", transient=True)
+        return real_read(bucket, key)
+    monkeypatch.setattr(s3, "read_object", flaky)
+    records = [sqs_record(json.dumps(s3_event(upload(buckets, f"uploads/{n}.png", image_bytes(i), f"0{i}"))),
+                          f"m-{n}") for i, n in enumerate("abc")]
+    buckets.put_object(Bucket=IN, Key="uploads/gone.png", Body=b"x")
+    buckets.delete_object(Bucket=IN, Key="uploads/gone.png")
+    missing = sqs_record(json.dumps(s3_event(s3_record(IN, "uploads/gone.png", b"x", "0F"))), "m-gone")
+
+    result = handler(sqs_event(*records, missing), None)
+
+    assert result == {"batchItemFailures": [{"itemIdentifier": "m-b"}]}  # retried later, not written down
+    _, rows = only_csv(buckets)
+    assert [row["path"] for row in rows] == ["uploads/a.png", "uploads/c.png", "uploads/gone.png"]
+    assert rows[-1]["error"] and "NoSuchKey" in rows[-1]["error"]  # permanent: an error row, message done
+
+
+def test_a_batch_whose_every_message_failed_raises_so_lambda_metrics_see_it(buckets):
+    with pytest.raises(handler_module.BatchFailed, match="all 2 messages"):
+        handler(sqs_event(sqs_record("not json", "m-1"), sqs_record("[]", "m-2")), None)
+
+
+def test_output_names_past_s3s_key_limit_are_shortened_and_stay_distinct():
+    long_a, long_b = "k/" + "é" * 600 + "a.png", "k/" + "é" * 600 + "b.png"
+    names = [events.output_name([S3Object("bucket", key, "v1")], "predictions/") for key in (long_a, long_b)]
+    for name in names:
+        assert len(("predictions/" + name).encode("utf-8")) <= 1024 and name.endswith(".csv")
+        name.encode("utf-8").decode("utf-8")  # cut at a character boundary
+    assert names[0] != names[1]
+
+
+def test_logs_are_json_lines_with_the_request_id_and_tracebacks_of_unexpected_errors(buckets, monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from batch_job import analysis
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("a bug in a codec")
+    monkeypatch.setattr(analysis, "open_image", explode)
+    handler(s3_event(upload(buckets, "uploads/a.png", image_bytes(1))), SimpleNamespace(aws_request_id="req-42"))
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert lines and all(line["request_id"] == "req-42" for line in lines)
+    (problem,) = [line for line in lines if line["level"] == "warning"]
+    assert "uploads/a.png" in problem["message"] and "RuntimeError: a bug in a codec" in problem["traceback"]
+    _, rows = only_csv(buckets)
+    assert rows[0]["error"] == "RuntimeError: a bug in a codec"
