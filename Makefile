@@ -33,6 +33,8 @@ run: $(VENV)/.installed
 	@$(PY) -m batch_job evaluate $(OUTPUT) 2>/dev/null || true
 
 test: setup
+	$(PY) -m ruff check .
+	$(PY) -m mypy
 	$(PY) -m pytest -q
 
 train: $(VENV)/.installed

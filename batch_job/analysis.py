@@ -20,8 +20,18 @@ from PIL import Image
 
 from batch_job.budget import DECODES
 from batch_job.faces import DETECT_SIZE, Face, FaceDetector
-from batch_job.preprocessing import (FACE_CROP_SCALE, GrayImage, ImageError, crop_face, decode_cost, decode_gray,
-                                     decode_whole, displayed_size, open_image, whole_box)
+from batch_job.preprocessing import (
+    FACE_CROP_SCALE,
+    GrayImage,
+    ImageError,
+    crop_face,
+    decode_cost,
+    decode_gray,
+    decode_whole,
+    displayed_size,
+    open_image,
+    whole_box,
+)
 
 FACE_MODES = ("auto", "detect", "whole")
 DEFAULT_FACE_MODE = "auto"
@@ -68,6 +78,7 @@ def analyse(data: bytes, mode: str, detector: FaceDetector | None, size: int, ch
     width, height = displayed_size(image)
     if mode == "whole":
         return _whole(image, width, height, size, channels)
+    assert detector is not None  # checked above; tells the type checker too
     scale = detection_scale(width, height)
     finer = False
     with DECODES.hold(decode_cost(image, min(1.0, scale))):

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import sys
 from collections import deque
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Iterator
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 

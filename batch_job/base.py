@@ -9,8 +9,8 @@ Two kinds of failure, never mixed:
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 
 class BatchJobError(Exception):

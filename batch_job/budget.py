@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 DEFAULT_BUDGET_MB = 1024
 _reserved = threading.local()  # read reservations of the current thread, released by the pipeline

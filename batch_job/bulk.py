@@ -22,8 +22,8 @@ import hashlib
 import io
 import json
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Iterable, Mapping
 from urllib.parse import unquote_plus
 
 from batch_job import bulk_run, s3
@@ -70,6 +70,7 @@ def parse_batch(event: object) -> Batch:
     if not isinstance(bucket, str) or not bucket:
         raise EventError(f"BatchInput.bucket must be the source bucket's name, not {bucket!r}")
     bulk_run.split_run_url(output)  # raises EventError for anything but s3://bucket/prefix/
+    assert isinstance(output, str)
     decode = settings.get("key_encoding") == "url"
     objects, skipped = [], []
     for item in event["Items"]:
@@ -109,7 +110,8 @@ def transient(error: str) -> bool:
 
 def transient_client_error(error: Exception) -> bool:
     """The same question for an exception from boto3 (writing the part)."""
-    from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError, HTTPClientError
+    from botocore.exceptions import ClientError, HTTPClientError
+    from botocore.exceptions import ConnectionError as BotoConnectionError
 
     if isinstance(error, (BotoConnectionError, HTTPClientError)):
         return True

@@ -141,7 +141,7 @@ def run_input(source: str, output: str, inventory: str | None) -> dict:
     """The execution input infra/bulk.asl.json reads."""
     bucket, prefix = s3.parse_url(source)
     out_bucket, out_prefix = bulk_run.split_run_url(output)
-    request = {"source": source, "bucket": bucket, "prefix": prefix, "output": output, "output_bucket": out_bucket,
+    request: dict[str, object] = {"source": source, "bucket": bucket, "prefix": prefix, "output": output, "output_bucket": out_bucket,
                "output_prefix": out_prefix}
     if inventory:
         manifest_bucket, manifest_key = s3.parse_url(inventory)

@@ -15,9 +15,10 @@ import csv
 import io
 import json
 import re
-from datetime import datetime, timezone
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Callable, Iterable, Iterator
+from typing import IO
 
 from batch_job import s3
 from batch_job.events import EventError
@@ -71,7 +72,7 @@ def batch_items(record: dict) -> int:
 
 def totals(manifest: dict, read_lines: Callable[[str, str], Iterable[str]]) -> dict:
     """Add up a map run from its ResultWriter manifest; read_lines(bucket, key) streams each results file."""
-    bucket = manifest.get("DestinationBucket")
+    bucket = str(manifest.get("DestinationBucket") or "")
     files = manifest.get("ResultFiles", {})
     sums = {"objects": 0, "rows": 0, "errors": 0, "skipped": 0, "parts": 0,
             "failed_batches": 0, "failed_objects": 0, "pending_batches": 0}
@@ -102,7 +103,7 @@ def write_summary(request: dict, now: datetime | None = None) -> dict:
     results = request["results"]
     manifest = json.loads(_read_text(results["Bucket"], results["Key"]))
     summary = totals(manifest, _read_lines)
-    finished = now or datetime.now(timezone.utc)
+    finished = now or datetime.now(UTC)
     started = request.get("started")
     summary["seconds"] = round((finished - _parse_time(started)).total_seconds(), 3) if started else None
     summary.update(source=request.get("source"), output=request["output"], started=started,

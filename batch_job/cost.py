@@ -35,7 +35,7 @@ class Throughput:
     source: str = "default (no bench/results.json)"
 
     @classmethod
-    def from_bench(cls, path: Path = BENCH_RESULTS) -> "Throughput":
+    def from_bench(cls, path: Path = BENCH_RESULTS) -> Throughput:
         try:
             results = json.loads(path.read_text())
             return cls(float(results["end_to_end"]["images_per_second_per_core"]), f"measured by make bench ({path.name})")
@@ -43,10 +43,11 @@ class Throughput:
             return cls()
 
 
-def estimate(images: int, memory_mb: int = 2048, images_per_invocation: int = 100, prices: Prices = Prices(),
+def estimate(images: int, memory_mb: int = 2048, images_per_invocation: int = 100, prices: Prices | None = None,
              throughput: Throughput | None = None, fargate_vcpus: int = 2, fargate_gb: int = 4,
              gpu_images_per_second: float | None = None) -> dict:
     """Costs in USD by platform and by part (compute, requests, S3)."""
+    prices = prices or Prices()
     throughput = throughput or Throughput.from_bench()
     s3 = images * prices.s3_get + math.ceil(images / 1000) * prices.s3_put  # GET each image, LIST 1k keys a page
     lambda_vcpus = min(6.0, memory_mb / LAMBDA_MB_PER_VCPU)
@@ -71,7 +72,7 @@ def estimate(images: int, memory_mb: int = 2048, images_per_invocation: int = 10
     return {
         "images": images, "memory_mb": memory_mb, "throughput": asdict(throughput), "prices_date": PRICES_DATE,
         "platforms": {name: {**parts, "total": sum(parts.values()),
-                             "dominant": max(parts, key=parts.get)} for name, parts in platforms.items()},
+                             "dominant": max(parts, key=lambda part: parts[part])} for name, parts in platforms.items()},
         "lambda_seconds": lambda_seconds, "lambda_invocations": invocations,
     }
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import IO, Callable, Iterable, Iterator
+from typing import IO
 
 from batch_job.pipeline import ImageResult
 from batch_job.preprocessing import CLASSES
@@ -46,8 +47,8 @@ class RowWriter:
 def to_rows(result: ImageResult) -> list[list[str]]:
     """The CSV rows of one input: one per face, or one saying why there is none."""
     if not result.faces:
-        face = "" if result.failed else "0"
-        return [[result.path, face, *([""] * (len(COLUMNS) - 3)), result.error]]
+        number = "" if result.failed else "0"
+        return [[result.path, number, *([""] * (len(COLUMNS) - 3)), result.error]]
     rows = []
     for face in result.faces:
         probs = face.probabilities

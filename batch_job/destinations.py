@@ -14,8 +14,9 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import IO, Iterator
+from typing import IO
 
 from batch_job.base import DestinationError
 from batch_job.preprocessing import is_image_path

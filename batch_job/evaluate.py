@@ -19,7 +19,8 @@ def label_of(path: str) -> str | None:
 def evaluate(csv_path: str) -> dict:
     """Accuracy overall and per class, one answer per image whose path carries a label: its largest face
     (face 1), or its whole-image row. Error rows and images without a face count as wrong."""
-    total, correct = Counter(), Counter()
+    total: Counter[str] = Counter()
+    correct: Counter[str] = Counter()
     with open(csv_path, newline="") as f:
         for row in csv.DictReader(f):
             label = label_of(row["path"])

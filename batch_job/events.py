@@ -159,7 +159,7 @@ def output_name(objects: list[S3Object] | tuple[S3Object, ...], prefix: str = ""
     if len(identity) == 1:
         bucket, key, _ = identity[0]
         name = f"{bucket}/{key}.{digest[:12]}.csv"
-        room = MAX_KEY_BYTES - len(prefix.encode("utf-8")) - len(f"{bucket}/.{digest[:12]}.csv".encode("utf-8"))
+        room = MAX_KEY_BYTES - len(prefix.encode("utf-8")) - len(f"{bucket}/.{digest[:12]}.csv".encode())
         if len((prefix + name).encode("utf-8")) > MAX_KEY_BYTES and room > 0:
             short = key.encode("utf-8")[:room].decode("utf-8", errors="ignore")
             name = f"{bucket}/{short}.{digest[:12]}.csv"

@@ -40,7 +40,7 @@ class Face:
     score: float
     landmarks: tuple[tuple[float, float], ...]  # right eye, left eye, nose tip, right/left mouth corner
 
-    def scaled(self, factor: float) -> "Face":
+    def scaled(self, factor: float) -> Face:
         """The same face in an image `factor` times as large."""
         return Face(self.left * factor, self.top * factor, self.width * factor, self.height * factor, self.score,
                     tuple((x * factor, y * factor) for x, y in self.landmarks))

@@ -23,17 +23,16 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from itertools import chain
-from typing import Iterable, Mapping
 
 from batch_job import s3
 from batch_job.analysis import DEFAULT_FACE_MODE, FACE_MODES
 from batch_job.base import ConfigError
 from batch_job.csv_output import Totals, write_all
 from batch_job.destinations import open_destination
-from batch_job.events import (EventError, S3Object, event_kind, output_name, prefix_request, s3_objects,
-                              sqs_messages)
+from batch_job.events import EventError, S3Object, event_kind, output_name, prefix_request, s3_objects, sqs_messages
 from batch_job.faces import FaceDetector
 from batch_job.model import EmotionModel
 from batch_job.pipeline import ImageResult, predict
@@ -72,7 +71,7 @@ _formatter = JsonLines()
 class _Stdout(logging.StreamHandler):
     """Lambda sends stdout to CloudWatch; looked up at each record, so a replaced sys.stdout is honoured."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self):
         return sys.stdout
 
@@ -99,7 +98,7 @@ class Config:
     faces: str = DEFAULT_FACE_MODE
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> "Config":
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Config:
         bucket = env.get("OUTPUT_BUCKET", "").strip()
         if not bucket:
             raise ConfigError("OUTPUT_BUCKET is not set: the function needs a bucket to write its CSVs to")

@@ -15,8 +15,8 @@ from __future__ import annotations
 import os
 import re
 import stat
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from batch_job.base import Item, ReadError
 from batch_job.budget import READS
@@ -86,7 +86,11 @@ def read_file(path: str, limit: int = MAX_INPUT_BYTES) -> bytes:
         os.close(fd)
 
 
-def _failing(message: str):
+def _reader(path: str) -> Callable[[], bytes]:
+    return lambda: read_file(path)
+
+
+def _failing(message: str) -> Callable[[], bytes]:
     def read() -> bytes:
         raise ReadError(message)
     return read
@@ -156,4 +160,4 @@ def local_items(source: str, prefix_with_source: bool = False, stats: WalkStats 
     for path, problem in walk(source, stats):
         relative = path[len(root):].lstrip("/") if path.startswith(root) else path
         shown = display_name(f"{root}/{relative}" if prefix_with_source else relative or path)
-        yield Item(shown, _failing(problem) if problem else (lambda p=path: read_file(p)))
+        yield Item(shown, _failing(problem) if problem else _reader(path))

@@ -37,7 +37,7 @@ class ModelCard:
         return "logit" in str(meaning).lower()
 
     @classmethod
-    def from_metadata(cls, props: dict[str, str]) -> "ModelCard":
+    def from_metadata(cls, props: dict[str, str]) -> ModelCard:
         try:
             return cls(tuple(json.loads(props["classes"])), int(props["input_size"]), int(props["channels"]),
                        dict(props))

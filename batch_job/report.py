@@ -55,7 +55,7 @@ class FaceRow:
 def read_csv(csv_path: str | Path) -> tuple[Summary, dict[str, list[FaceRow]], list[tuple[str, str]], list[str]]:
     """Totals, the least confident faces per emotion, the first errors, the first images without a face."""
     summary = Summary()
-    worst: dict[str, list[FaceRow]] = defaultdict(list)  # max-heaps (negated) of the lowest confidences
+    worst: dict[str, list[tuple[float, int, FaceRow]]] = defaultdict(list)  # lowest confidences, as max-heaps
     errors: list[tuple[str, str]] = []
     no_face: list[str] = []
     with open(csv_path, newline="", encoding="utf-8", errors="replace") as f:
@@ -69,8 +69,8 @@ def read_csv(csv_path: str | Path) -> tuple[Summary, dict[str, list[FaceRow]], l
                 summary.faces += 1
                 summary.per_emotion[row["emotion"]] += 1
                 try:
-                    face = FaceRow(float(row["confidence"]), row["path"], row["face"],
-                                   tuple(int(row[k]) for k in ("left", "top", "width", "height")))
+                    left, top, width, height = (int(row[k]) for k in ("left", "top", "width", "height"))
+                    face = FaceRow(float(row["confidence"]), row["path"], row["face"], (left, top, width, height))
                 except ValueError:
                     continue
                 heap = worst[row["emotion"]]

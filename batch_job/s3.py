@@ -9,7 +9,7 @@ honoured by boto3 itself.
 from __future__ import annotations
 
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 from batch_job.base import DestinationError, Item, ReadError, SourceError
 from batch_job.budget import READS
@@ -80,7 +80,8 @@ def describe(error: Exception) -> str:
 def is_transient(error: Exception) -> bool:
     """Whether S3 said 'later' (throttling, 5xx, a lost connection) rather than something about the object,
     once boto3's own retries are spent."""
-    from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError, HTTPClientError
+    from botocore.exceptions import ClientError, HTTPClientError
+    from botocore.exceptions import ConnectionError as BotoConnectionError
 
     if isinstance(error, (BotoConnectionError, HTTPClientError)):
         return True

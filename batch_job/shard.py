@@ -12,7 +12,8 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
-from typing import Iterable, Iterator, Mapping, TypeVar
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TypeVar
 
 ARRAY_INDEX_VARIABLE = "AWS_BATCH_JOB_ARRAY_INDEX"
 MAX_SHARDS = 10_000  # AWS Batch's largest array job
@@ -75,7 +76,7 @@ def in_shard(items: Iterable[T], index: int, count: int) -> Iterator[T]:
         yield from items
         return
     for item in items:
-        if shard_of(item if isinstance(item, str) else item.path, count) == index:
+        if shard_of(item if isinstance(item, str) else getattr(item, "path"), count) == index:  # noqa: B009
             yield item
 
 

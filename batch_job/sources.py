@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
 
 from batch_job.base import Item, SourceError  # noqa: F401 - re-exported: the names callers know
 from batch_job.local import WalkStats, local_items

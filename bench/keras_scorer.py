@@ -27,8 +27,8 @@ def main() -> None:
     parser.add_argument("--started", type=float, help="wall-clock time the parent launched us (cold start)")
     args = parser.parse_args()
 
-    import numpy as np
     import keras
+    import numpy as np
     from PIL import Image
 
     from batch_job.preprocessing import CLASSES, load_image

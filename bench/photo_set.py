@@ -34,7 +34,7 @@ def place(rng: random.Random, size: tuple[int, int], side: int, taken: list[tupl
     """A free spot for a side x side face, or None after a few tries."""
     for _ in range(30):
         left, top = rng.randrange(0, size[0] - side), rng.randrange(0, size[1] - side)
-        if all(left + side < l or l + s < left or top + side < t or t + s < top for l, t, s, _ in taken):
+        if all(left + side < x or x + s < left or top + side < y or y + s < top for x, y, s, _ in taken):
             return left, top
     return None
 
@@ -70,7 +70,7 @@ def build(out: Path, count: int, seed: int, data: str | None) -> Path:
             taken.append((*spot, side, int(faces.labels[face])))
         name = f"photo-{index:04d}.jpg"
         photo.save(out / name, "JPEG", quality=90)
-        rows += [(name, l, t, s, s, CLASSES[label]) for l, t, s, label in taken]
+        rows += [(name, x, y, s, s, CLASSES[label]) for x, y, s, label in taken]
         if index % 100 == 99:
             print(f"[photo_set] {index + 1}/{count}", file=sys.stderr, flush=True)
     with open(manifest, "w", newline="") as f:

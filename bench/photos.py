@@ -75,7 +75,7 @@ def match_manifest(csv_path: str | Path, manifest: Path) -> dict:
             pasted += 1
             box = _box(face)
 
-            def fits(row) -> bool:
+            def fits(row, box=box) -> bool:
                 left, top, width, height = _box(row)
                 centre_x, centre_y = left + width / 2, top + height / 2
                 return (box[0] <= centre_x <= box[0] + box[2] and box[1] <= centre_y <= box[1] + box[3]
@@ -83,7 +83,7 @@ def match_manifest(csv_path: str | Path, manifest: Path) -> dict:
             hits = [row for row in found_faces[name] if fits(row)]
             if hits:
                 found += 1
-                best = max(hits, key=lambda row: _iou(box, _box(row)))
+                best = max(hits, key=lambda row, box=box: _iou(box, _box(row)))
                 correct += best["emotion"] == face["label"]
     return {"pasted_faces": pasted, "found": found, "recall": round(found / pasted, 4),
             "emotion_accuracy_on_found": round(correct / found, 4) if found else None}
@@ -120,8 +120,8 @@ def bound(folder: Path, sample: int = 1000) -> dict:
     analyse_cpu = 0.0
     for data in datas:
         result: list = []
-        analyse_cpu += _cpu_seconds(lambda d=data: result.append(analysis.analyse(d, "auto", detector, size,
-                                                                                  channels)))
+        analyse_cpu += _cpu_seconds(lambda d=data, out=result: out.append(analysis.analyse(d, "auto", detector,
+                                                                                           size, channels)))
         crops += [face.pixels for face in result[0].faces]
     # the detector alone on pre-decoded, resized inputs (what analyse hands it)
     for data in datas:

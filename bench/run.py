@@ -28,7 +28,6 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from batch_job.evaluate import evaluate  # noqa: E402
 from batch_job.model import EmotionModel, default_model_path  # noqa: E402
-from batch_job.preprocessing import CLASSES  # noqa: E402
 from trainer.data import data_dir, list_split, load_pixels  # noqa: E402
 
 WORK = REPO / "bench" / "work"
@@ -84,7 +83,8 @@ def bench_bound(model_path: Path, pixels: np.ndarray, batch_sizes=(1, 16, 64, 25
             for batch in batch_sizes:
                 chunk = pixels[:batch]
                 rates[batch] = images_per_second(
-                    lambda: list(pool.map(lambda _: model.predict(chunk), range(calls))), batch * calls, 0.6)
+                    lambda m=model, c=chunk, n=calls: list(pool.map(lambda _: m.predict(c), range(n))), batch * calls,
+                    0.6)
         best = max(rates, key=rates.get)
         result[name] = {"intra_op_threads": threads, "concurrent_calls": calls,
                         "by_batch_size": {str(k): round(v, 1) for k, v in rates.items()},
@@ -184,9 +184,9 @@ def bench_s3(folder: Path, objects: int, delays_ms=(0, 20)) -> dict:
     """The CLI over an s3:// prefix on moto's server (127.0.0.1), one fetch thread vs the default pool, with
     no added latency and with a real-S3-like delay per GetObject (bench/s3_latency_server.py)."""
     import socket
+    from concurrent.futures import ThreadPoolExecutor
 
     import boto3
-    from concurrent.futures import ThreadPoolExecutor
 
     paths = sorted(folder.glob("*/*.jpg"))[:objects]
     result = {"objects": len(paths)}
@@ -210,8 +210,8 @@ def bench_s3(folder: Path, objects: int, delays_ms=(0, 20)) -> dict:
                               aws_secret_access_key="bench")
             s3.create_bucket(Bucket="bench")
             with ThreadPoolExecutor(16) as pool:
-                list(pool.map(lambda p: s3.put_object(Bucket="bench", Key=f"in/{p.parent.name}/{p.name}",
-                                                      Body=p.read_bytes()), paths))
+                list(pool.map(lambda p, client=s3: client.put_object(Bucket="bench", Key=f"in/{p.parent.name}/{p.name}",
+                                                                     Body=p.read_bytes()), paths))
             runs = {}
             for name, workers in (("sequential", ["--workers", "1"]), ("concurrent", [])):
                 _, err, _, _ = run_measured([sys.executable, "-m", "batch_job", "run", "s3://bench/in/", "-o",
@@ -261,7 +261,7 @@ def bench_int8(model_path: Path, calibration: np.ndarray, validation: tuple[np.n
         probs = np.concatenate([model.predict(chunk) for chunk in np.array_split(pixels, 20)])
         batch = pixels[:256]
         results[name] = {"validation_accuracy": float((probs.argmax(1) == labels).mean()),
-                         "images_per_second": round(images_per_second(lambda: model.predict(batch), 256), 1),
+                         "images_per_second": round(images_per_second(lambda m=model, b=batch: m.predict(b), 256), 1),
                          "size_mb": round(path.stat().st_size / 1e6, 3)}
     drop = results["fp32"]["validation_accuracy"] - results["int8"]["validation_accuracy"]
     results["accuracy_drop_points"] = round(100 * drop, 2)

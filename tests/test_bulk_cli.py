@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import boto3
 import pytest
@@ -119,7 +119,7 @@ def test_submit_usage_errors_exit_2(argv, capsys):
 
 EXECUTION = SM.replace(":stateMachine:", ":execution:") + ":june"
 MAP_RUN = f"arn:aws:states:{REGION}:123456789012:mapRun:emotion-batch-bulk/june:0b1c"
-START = datetime(2026, 11, 25, 20, 0, tzinfo=timezone.utc)
+START = datetime(2026, 11, 25, 20, 0, tzinfo=UTC)
 
 
 def described(state: str, **extra) -> dict:

@@ -127,8 +127,8 @@ def test_a_failed_run_leaves_no_partial_csv(image_folder, tmp_path):
 
 
 def test_model_with_other_classes_is_refused(tmp_path):
-    from tests.conftest import build_tiny_onnx
     from batch_job.model import ModelError
+    from tests.conftest import build_tiny_onnx
 
     path = build_tiny_onnx(tmp_path / "other.onnx", classes=("angry", "happy", "sad", "calm"))
     with pytest.raises(ModelError, match="classes"):
@@ -145,7 +145,7 @@ def test_decoding_is_bounded_so_memory_stays_flat():
             yield Item(str(i), lambda: b"")
 
     seen = 0
-    for item, _ in decoded(items(), lambda item: item.path, workers=4, lookahead=16):
+    for _item, _ in decoded(items(), lambda item: item.path, workers=4, lookahead=16):
         seen += 1
         assert consumed - seen < 16  # never more than the look-ahead held at once
     assert seen == 1000

@@ -8,13 +8,25 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from batch_job import events, handler as handler_module
+from batch_job import events
+from batch_job import handler as handler_module
 from batch_job.events import EventError, S3Object
 from batch_job.handler import ConfigError, handler
 from batch_job.sources import SourceError
+from tests.cloud_helpers import (  # noqa: F401
+    CORRUPT_JPEG,
+    S3_TEST_EVENT_BODY,
+    all_keys,
+    aws,
+    get_text,
+    image_bytes,
+    read_csv,
+    s3_event,
+    s3_record,
+    sqs_event,
+    sqs_record,
+)
 from tests.conftest import needs_photos
-from tests.cloud_helpers import (CORRUPT_JPEG, S3_TEST_EVENT_BODY, all_keys, aws, get_text,  # noqa: F401
-                                 image_bytes, read_csv, s3_event, s3_record, sqs_event, sqs_record)
 
 IN, OUT = "emotion-test-input", "emotion-test-output"
 ODD_KEYS = ["uploads/happy face.png", "uploads/Zoë/élan vital 😀.jpg", "uploads/a+b=c&d.png"]

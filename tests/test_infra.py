@@ -237,8 +237,10 @@ def test_dockerignore_sends_only_what_the_dockerfile_copies():
              if line.strip() and not line.startswith("#")]
     assert lines[0] == "*"  # everything out by default: no .venv, runs/, datasets in the build context
     included = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
-    copied = {m.group(1).rstrip("/") for m in re.finditer(r"^COPY (\S+) ", DOCKERFILE.read_text(), re.M)}
+    copied = {source.rstrip("/") for m in re.finditer(r"^COPY (.+)$", DOCKERFILE.read_text(), re.M)
+              for source in m.group(1).split()[:-1]}  # every source of each COPY (the last word is the target)
     assert copied and copied <= included
+    assert {"models/emotion.onnx", "models/face_detection_yunet.onnx"} <= copied  # both models in the image
 
 
 def test_entrypoint_runs_commands_itself_and_hands_handler_names_to_lambda(tmp_path):

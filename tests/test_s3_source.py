@@ -11,8 +11,18 @@ import pytest
 from batch_job import s3
 from batch_job.base import DestinationError
 from batch_job.sources import SourceError, items_for
-from tests.cloud_helpers import (CORRUPT_JPEG, all_keys, aws, get_text, image_bytes, moto_server,  # noqa: F401
-                                 put_many, read_csv, server_client, server_env)
+from tests.cloud_helpers import (  # noqa: F401
+    CORRUPT_JPEG,
+    all_keys,
+    aws,
+    get_text,
+    image_bytes,
+    moto_server,
+    put_many,
+    read_csv,
+    server_client,
+    server_env,
+)
 from tests.conftest import REPO, face_like
 
 MANY = 1050  # more than one ListObjectsV2 page (1,000 keys)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -119,7 +118,7 @@ def known(tmp_path_factory):
 
 def names_in(data, subset: str) -> set[str]:
     split = evaluation.SPLIT_OF[subset]
-    return {n.split("/", 1)[1] for n, keep in zip(data.names(split), data.masks[subset]) if keep}
+    return {n.split("/", 1)[1] for n, keep in zip(data.names(split), data.masks[subset], strict=True) if keep}
 
 
 def test_subsets_hold_exactly_the_images_their_definitions_name(known):

@@ -38,7 +38,7 @@ def test_builder_trains_one_step_and_round_trips_through_keras_file(name, tmp_pa
     before = [w.copy() for w in model.get_weights()]
     loss = model.train_on_batch(x, y)
     assert np.isfinite(loss)
-    assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
     probs = np.asarray(model(x, training=False))
     assert probs.shape == (4, 4)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
@@ -54,7 +54,7 @@ def test_frozen_transfer_base_keeps_its_weights_while_the_head_learns():
     base_before, head_before = [w.copy() for w in base.get_weights()], head.get_weights()[0].copy()
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="categorical_crossentropy", run_eagerly=True)
     model.train_on_batch(*tiny_batch((32, 32, 3)))
-    assert all(np.array_equal(a, b) for a, b in zip(base_before, base.get_weights()))
+    assert all(np.array_equal(a, b) for a, b in zip(base_before, base.get_weights(), strict=True))
     assert not np.array_equal(head_before, head.get_weights()[0])
     assert len(model.trainable_weights) == 4  # two dense layers: kernel and bias each
 
@@ -118,3 +118,12 @@ def test_new_builders_export_to_onnx_with_parity(name, shape, args):
     x, _ = tiny_batch(shape, n=8)
     parity, _ = check_parity(model, to_onnx(model, shape[-1]).SerializeToString(), x.astype(np.uint8), 1e-4)
     assert parity.argmax_agreement == 1.0
+
+
+@pytest.mark.parametrize("name, args", [("vgg_bn", {"widths": [8, 16, 32], "convs_per_block": [1, 1]}),
+                                        ("wide_resnet", {"widths": [8, 16, 32], "blocks_per_stage": [1, 1]})])
+def test_a_per_block_list_shorter_than_widths_is_an_error_not_a_smaller_model(name, args):
+    from trainer.models import build_model
+
+    with pytest.raises(ValueError, match="entries but widths has 3"):
+        build_model(name, (48, 48, 1), 4, **args)

@@ -60,7 +60,7 @@ def test_resumed_run_ends_with_the_same_model_and_history(runs):
     import keras
 
     models = [keras.models.load_model(runs[name] / "model.keras", compile=False) for name in ("whole", "pieces")]
-    for a, b in zip(models[0].get_weights(), models[1].get_weights()):
+    for a, b in zip(models[0].get_weights(), models[1].get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     histories = [(runs[name] / "history.csv").read_text() for name in ("whole", "pieces")]
     assert histories[0] == histories[1] and len(histories[0].splitlines()) == 1 + 3

@@ -89,7 +89,7 @@ def cmd_run_all(args) -> int:
     from trainer.train import run
 
     failed = []
-    for path, config, action in plan:
+    for _path, config, action in plan:
         if action != "run":
             continue
         started = time.perf_counter()

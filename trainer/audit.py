@@ -28,7 +28,7 @@ def list_files(root: Path) -> list[dict]:
         if not (root / split).is_dir():
             continue
         listing = dataset.list_split(root, split)
-        for path, label, digest in zip(listing.paths, listing.labels, listing.digests):
+        for path, label, digest in zip(listing.paths, listing.labels, listing.digests, strict=True):
             files.append({"split": split, "label": CLASSES[label], "path": str(path.relative_to(root)),
                           "md5": digest})
     return files

@@ -84,10 +84,10 @@ def restore(folder: Path, model, state: LoopState) -> None:
     model.optimizer.build(model.trainable_variables)
     for target, arrays, what in ((model.variables, model_arrays, "model"),
                                  (model.optimizer.variables, optimizer_arrays, "optimizer")):
-        if len(target) != len(arrays) or any(tuple(v.shape) != a.shape for v, a in zip(target, arrays)):
+        if len(target) != len(arrays) or any(tuple(v.shape) != a.shape for v, a in zip(target, arrays, strict=True)):
             raise CheckpointMismatch(f"{folder}: the saved {what} variables do not fit this model "
                                      "(was the checkpoint made with another config?)")
-        for variable, array in zip(target, arrays):
+        for variable, array in zip(target, arrays, strict=True):
             variable.assign(array)
 
 

@@ -84,7 +84,7 @@ def load_runs(runs_dir: Path) -> pd.DataFrame:
 def load_reference(path: Path = REFERENCE_README) -> pd.DataFrame:
     """The reference study's results table (the first Markdown table with 'model' and 'test acc' columns)."""
     lines = Path(path).read_text().splitlines()
-    for start, line in enumerate(lines):
+    for start, line in enumerate(lines):  # noqa: B007 - start is used after the loop
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if line.lstrip().startswith("|") and "model" in cells and "test acc" in cells:
             header = cells
@@ -95,7 +95,7 @@ def load_reference(path: Path = REFERENCE_README) -> pd.DataFrame:
     for line in lines[start + 2:]:
         if not line.lstrip().startswith("|"):
             break
-        cells = dict(zip(header, (c.strip() for c in line.strip().strip("|").split("|"))))
+        cells = dict(zip(header, (c.strip() for c in line.strip().strip("|").split("|")), strict=False))
         match = re.fullmatch(r"(\S+)\s*(?:\((.*)\))?", cells["model"])
         rows.append({"model": match.group(1), "variant": match.group(2) or "",
                      **{key: float(cells[key]) for key in ("precision", "recall", "f1", "test acc") if key in cells}})
@@ -107,7 +107,7 @@ def results_table(runs: pd.DataFrame, reference: pd.DataFrame | None) -> pd.Data
     peer (another project's model, trained on the test images) last."""
     table = runs.copy()
     if reference is not None and len(table):
-        lookup = dict(zip(reference["model"], reference["test acc"]))
+        lookup = dict(zip(reference["model"], reference["test acc"], strict=True))
         table["reference test acc"] = table["reference"].map(lookup).where(~table["peer"])
     if len(table):
         table = table.sort_values(["peer", "test acc", "f1"], ascending=[True, False, False],
@@ -185,7 +185,7 @@ def to_markdown(table: pd.DataFrame, reference: pd.DataFrame | None) -> str:
             best = reference.loc[reference["test acc"].idxmax()]
             parts += [f"Runs with no reference row (the study's best: {best['model']}, test acc "
                       f"{best['test acc']:.4f}): "
-                      + ", ".join(f"{m} {a:.4f}" for m, a in zip(extra["model"], extra["test acc"])) + ".", ""]
+                      + ", ".join(f"{m} {a:.4f}" for m, a in zip(extra["model"], extra["test acc"], strict=True)) + ".", ""]
     return "\n".join(parts)
 
 

@@ -45,7 +45,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def subset(self, keep: np.ndarray) -> "Split":
+    def subset(self, keep: np.ndarray) -> Split:
         idx = np.flatnonzero(keep)
         return Split([self.paths[i] for i in idx], self.labels[idx], [self.digests[i] for i in idx])
 

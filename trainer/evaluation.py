@@ -29,9 +29,9 @@ FER2013 labels stay the headline; FER+ votes of validation and test images are f
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -96,7 +96,7 @@ def peer_mask(root: Path, splits: dict, validation_pixels: np.ndarray) -> np.nda
     rows = np.array([fer2013_row(p) if fer2013_row(p) is not None else -1 for p in splits["validation"].paths])
     candidate = rows >= PEER_FIRST_ROW
     pool_paths = splits["train"].paths + splits["test"].paths
-    pool_paths += [p for p, row in zip(splits["validation"].paths, rows) if 0 <= row < PEER_FIRST_ROW]
+    pool_paths += [p for p, row in zip(splits["validation"].paths, rows, strict=True) if 0 <= row < PEER_FIRST_ROW]
     if (extra := dataset.extra_dir(root)) is not None:
         pool_paths += dataset.list_split(extra, "", ferplus.EXTRA_CLASSES).paths
     pool = dataset.load_pixels(pool_paths) if pool_paths else np.zeros((0, 48, 48, 1), np.uint8)

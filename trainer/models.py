@@ -73,12 +73,19 @@ def resnet_like(input_shape, num_classes, widths=(32, 64, 128)):
     return keras.Model(inputs, outputs, name="resnet_like")
 
 
+def _same_length(name: str, values, widths) -> None:
+    """A per-block list must name every block: a short one would silently build a smaller model."""
+    if len(values) != len(widths):
+        raise ValueError(f"{name} has {len(values)} entries but widths has {len(widths)}")
+
+
 def vgg_bn(input_shape, num_classes, widths=(32, 64, 128, 256), convs_per_block=2, dropout=0.3, l2=0.0):
     """VGG-style stacks of 3x3 conv + batch norm, max-pool between blocks, global pooling head."""
     inputs, x = _inputs(input_shape)
     if isinstance(convs_per_block, int):
         convs_per_block = [convs_per_block] * len(widths)
-    for width, convs in zip(widths, convs_per_block):
+    _same_length("convs_per_block", convs_per_block, widths)
+    for width, convs in zip(widths, convs_per_block, strict=True):
         for _ in range(convs):
             x = _conv_bn(x, width, l2=l2)
         x = layers.MaxPooling2D(2)(x)
@@ -142,8 +149,9 @@ def wide_resnet(input_shape, num_classes, widths=(32, 64, 128, 256), blocks_per_
     inputs, x = _inputs(input_shape)
     if isinstance(blocks_per_stage, int):
         blocks_per_stage = [blocks_per_stage] * len(widths)
+    _same_length("blocks_per_stage", blocks_per_stage, widths)
     x = layers.Conv2D(widths[0], 3, padding="same", use_bias=False)(x)
-    for stage, (width, blocks) in enumerate(zip(widths, blocks_per_stage)):
+    for stage, (width, blocks) in enumerate(zip(widths, blocks_per_stage, strict=True)):
         for block in range(blocks):
             x = _preact_block(x, width, 2 if stage and not block else 1, dropout, l2)
     x = layers.BatchNormalization()(x)

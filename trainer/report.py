@@ -35,7 +35,7 @@ def markdown_table(frame: pd.DataFrame, floatfmt: str = "{:.4f}") -> str:
 def plot_learning_curves(history_csv: Path, out: Path) -> None:
     history = pd.read_csv(history_csv)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric in zip(axes, ("loss", "accuracy")):
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
         ax.plot(history["epoch"] + 1, history[metric], label="train")
         ax.plot(history["epoch"] + 1, history[f"val_{metric}"], label="validation")
         ax.set_xlabel("epoch")

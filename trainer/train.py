@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from batch_job.preprocessing import INPUT_SIZE
-from trainer import checkpoint
+from trainer import checkpoint, training_set
 from trainer import data as dataset
-from trainer import training_set
 from trainer.batches import mixup, train_dataset  # noqa: F401  (mixup: part of this module's interface)
 from trainer.config import TrainConfig
 

@@ -96,7 +96,7 @@ def build(config: TrainConfig, root: Path, train: dataset.Split, test_digests: s
         if config.weight_by_label_share:
             weights = np.where(np.isnan(share), 1.0, share).astype(np.float32)
             summary["mean weight"] = round(float(weights[keep].mean()), 4)
-        paths = [p for p, k in zip(paths, keep) if k]
+        paths = [p for p, k in zip(paths, keep, strict=True) if k]
         labels, targets = labels[keep], targets[keep]
         weights = None if weights is None else weights[keep]
     summary["faces"] = len(paths)
