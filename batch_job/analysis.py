@@ -89,7 +89,7 @@ def analyse(data: bytes, mode: str, detector: FaceDetector | None, size: int, ch
             smallest_crop = min(FACE_CROP_SCALE * max(face.width, face.height) for face in faces)  # full-size px
             finer = gray.scale < 1 and smallest_crop * gray.scale < MIN_CROP_RESOLUTION * size
             if not finer:
-                return Analysis(_crops(gray, faces, width, height, size, channels))
+                return Analysis(_crops(gray, faces, size, channels))
         del gray
     # Past here the first reservation is released: a thread never waits for budget while holding some.
     if not faces:
@@ -99,17 +99,19 @@ def analyse(data: bytes, mode: str, detector: FaceDetector | None, size: int, ch
     again = open_image(data)  # decode again at the scale the smallest face needs
     needed = min(1.0, size / smallest_crop)
     with DECODES.hold(decode_cost(again, needed)):
-        return Analysis(_crops(decode_gray(again, needed), faces, width, height, size, channels))
+        return Analysis(_crops(decode_gray(again, needed), faces, size, channels))
 
 
 def _whole(image, width: int, height: int, size: int, channels: int) -> Analysis:
+    stored = image.size
     with DECODES.hold(decode_cost(image, size / max(1, min(width, height)))), image:
-        return Analysis((FaceCrop(whole_box(width, height), None, decode_whole(image, size, channels)),))
+        pixels = decode_whole(image, size, channels)
+        return Analysis((FaceCrop(whole_box(*displayed_size(image, stored)), None, pixels),))
 
 
-def _crops(gray: GrayImage, faces: list[Face], width: int, height: int, size: int,
-           channels: int) -> tuple[FaceCrop, ...]:
-    """Each face cropped from the decoded image, largest first."""
+def _crops(gray: GrayImage, faces: list[Face], size: int, channels: int) -> tuple[FaceCrop, ...]:
+    """Each face cropped from the decoded image, largest first; boxes in displayed pixels."""
+    width, height = gray.full_size
     crops = []
     for face in faces:
         on_gray = face.scaled(gray.scale)

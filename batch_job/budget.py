@@ -11,6 +11,7 @@ the total (DECODE_BUDGET_MB, default 1024) plus the largest single input, whatev
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 from collections.abc import Iterator
@@ -67,5 +68,18 @@ def total_bytes() -> int:
     return int(max(megabytes, 16) * 1024 * 1024)
 
 
+def return_freed_memory_to_the_system(threshold: int = 8 * 1024 * 1024) -> bool:
+    """Make glibc serve allocations of `threshold` bytes and more (Pillow's 16 MB pixel blocks) with mmap, so
+    they go back to the system when freed. Without it, each decode thread's malloc arena keeps the high-water
+    mark of the biggest image it decoded, and 32 threads add up to gigabytes the budget never sees (measured:
+    1.6 GB RSS for six 49 MP PNGs at a 768 MB decode budget). A no-op where there is no glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-3, threshold))  # M_MMAP_THRESHOLD; a fixed value also stops glibc raising it
+    except (OSError, AttributeError):
+        return False
+
+
+return_freed_memory_to_the_system()
 READS = MemoryBudget(total_bytes() // 4)
 DECODES = MemoryBudget(total_bytes() - total_bytes() // 4)

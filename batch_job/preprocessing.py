@@ -79,13 +79,15 @@ def _to_grayscale(image: Image.Image) -> Image.Image:
         elif low < 0 or high > 65535:
             pixels = (pixels - low) * (255.0 / (high - low or 1))
         return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
-    if image.mode == "P" and "transparency" in image.info:
+    if image.mode in ("P", "PA") and ("transparency" in image.info or image.mode == "PA"):
         image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        # gray, then over white by the alpha: one byte per pixel per step, not four
-        alpha = image.convert("RGBA").getchannel("A") if image.mode != "LA" else image.getchannel("A")
-        gray = image.convert("RGB").convert("L") if image.mode not in ("LA", "La") else image.convert("L")
+    if image.mode in ("RGBA", "LA", "RGBa", "La"):
+        # gray, then over white by the alpha: one byte per pixel per step, not three or four
+        alpha = image.getchannel("A")
+        gray = image.convert("L")
         return Image.composite(gray, Image.new("L", image.size, 255), alpha)
+    if image.mode == "RGB":
+        return image.convert("L")
     if image.mode != "L":
         image = image.convert("RGB").convert("L")
     return image
@@ -99,7 +101,8 @@ def decode_cost(image: Image.Image, scale: float = 1.0) -> int:
         while factor > 1 / 8 and factor / 2 >= scale:
             factor /= 2  # draft decodes at 1/2, 1/4 or 1/8 when that is still at least `scale`
     pixels = math.ceil(image.width * factor) * math.ceil(image.height * factor)
-    return pixels * (BYTES_PER_PIXEL.get(image.mode, 4) + 4)
+    palette_to_rgba = 4 if image.mode in ("P", "PA") else 0
+    return pixels * (BYTES_PER_PIXEL.get(image.mode, 4) + 4 + palette_to_rgba)
 
 
 def preprocess(image: Image.Image, size: int = INPUT_SIZE, channels: int = 1) -> np.ndarray:
@@ -139,10 +142,24 @@ def is_image_path(path: Union[str, Path]) -> bool:
     return Path(str(path)).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def displayed_size(image: Image.Image) -> tuple[int, int]:
+def orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1-8), read without decoding the pixels: Pillow's PNG getexif() decodes the whole
+    image to look for an eXIf chunk after the pixels, so for PNG only what open() found is used (after a
+    load, that includes a late chunk)."""
+    if image.format == "PNG":
+        raw = image.info.get("exif")
+        if not raw:
+            return 1
+        exif = Image.Exif()
+        exif.load(raw)
+        return int(exif.get(EXIF_ORIENTATION, 1))
+    return int(image.getexif().get(EXIF_ORIENTATION, 1))
+
+
+def displayed_size(image: Image.Image, stored: tuple[int, int] | None = None) -> tuple[int, int]:
     """(width, height) as the image is displayed: EXIF orientations 5-8 swap the stored sides."""
-    orientation = image.getexif().get(EXIF_ORIENTATION, 1)
-    return (image.height, image.width) if orientation in (5, 6, 7, 8) else image.size
+    width, height = stored or image.size
+    return (height, width) if orientation(image) in (5, 6, 7, 8) else (width, height)
 
 
 def whole_box(width: int, height: int) -> tuple[int, int, int, int]:
@@ -167,16 +184,16 @@ def decode_gray(image: Image.Image, scale: float = 1.0) -> GrayImage:
 
     JPEG decodes at 1/2, 1/4 or 1/8 scale for a fraction of the work (draft); other formats decode whole.
     """
-    full_size = displayed_size(image)
-    orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+    stored = image.size
     try:
         if image.format == "JPEG" and scale < 1:
             image.draft("L", (math.ceil(image.width * scale), math.ceil(image.height * scale)))
         image.load()
+        turn = orientation(image)  # after load: a PNG's late eXIf chunk is known now
         gray = _to_grayscale(image)  # before turning it: one byte per pixel to move, not three or four
-        if orientation in ORIENTATIONS:
-            gray = gray.transpose(ORIENTATIONS[orientation])
-        return GrayImage(gray, full_size)
+        if turn in ORIENTATIONS:
+            gray = gray.transpose(ORIENTATIONS[turn])
+        return GrayImage(gray, displayed_size(image, stored))
     except ImageError:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
