@@ -13,6 +13,7 @@ from pathlib import Path, PurePosixPath
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from batch_job.base import S3_SCHEME
 from batch_job.pipeline import ImageResult
 from batch_job.preprocessing import CLASSES, open_image
 from batch_job.sources import Item
@@ -24,7 +25,7 @@ IN_FLIGHT = 4  # drawings queued at most: memory stays bounded
 
 def annotated_name(path: str) -> PurePosixPath:
     """The copy's path inside DIR: the CSV path without scheme, root or '..', always ending in .jpg."""
-    parts = [part for part in path.replace("\\", "/").removeprefix("s3://").split("/")
+    parts = [part for part in path.replace("\\", "/").removeprefix(S3_SCHEME).split("/")
              if part not in ("", ".", "..")]
     name = PurePosixPath(*parts) if parts else PurePosixPath("image")
     return name if name.suffix.lower() in (".jpg", ".jpeg") else name.with_name(name.name + ".jpg")

@@ -12,6 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+S3_SCHEME = "s3://"
+
+
+def is_s3_url(text: str) -> bool:
+    """The one test for the s3:// scheme (sources, destinations, events, reports)."""
+    return text.startswith(S3_SCHEME)
+
 
 class BatchJobError(Exception):
     """A failure of the whole run (exit status 1), with a one-line message for people."""

@@ -20,7 +20,7 @@ import warnings
 
 from batch_job import bulk_cli
 from batch_job.analysis import DEFAULT_FACE_MODE, FACE_MODES
-from batch_job.base import BatchJobError, DestinationError
+from batch_job.base import BatchJobError, DestinationError, is_s3_url
 from batch_job.csv_output import Totals, write_all
 from batch_job.destinations import Destination, OutputClosed, open_destination
 from batch_job.model import default_model_path
@@ -69,7 +69,7 @@ def score(sources: list[str], dest: str, model_path: str | None, batch_size: int
     try:
         model = EmotionModel(model_path)
         detector = FaceDetector() if faces != "whole" else None
-        if workers is None and any(source.startswith("s3://") for source in opened.kept):
+        if workers is None and any(is_s3_url(source) for source in opened.kept):
             from batch_job.s3 import S3_WORKERS
 
             workers = S3_WORKERS  # S3 fetches wait on the network: more threads than CPUs
@@ -226,7 +226,7 @@ def run_command(args: argparse.Namespace) -> int:
     output = output_for(args.output, *args.shard) if args.shard else args.output
     progress = sys.stderr.isatty() and not args.no_progress
     try:
-        if args.shard and output != "-" and not output.startswith("s3://"):
+        if args.shard and output != "-" and not is_s3_url(output):
             try:
                 os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
             except OSError as error:

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO
 
-from batch_job.base import DestinationError
+from batch_job.base import DestinationError, is_s3_url
 from batch_job.preprocessing import is_image_path
 
 
@@ -115,7 +115,7 @@ class LocalDestination(Destination):
             raise DestinationError(f"output folder does not exist: {folder}")
         target = os.path.realpath(dest)
         for source in sources:
-            if source.startswith("s3://") or not is_image_path(dest):
+            if is_s3_url(source) or not is_image_path(dest):
                 continue
             real = os.path.realpath(source)
             if target == real or (os.path.isdir(real) and target.startswith(real.rstrip("/") + "/")):
@@ -196,7 +196,7 @@ def open_destination(dest: str, sources: list[str] | None = None) -> Destination
     """The DEST of a run, checked now (before scoring): '-', a local path or s3://bucket/key."""
     if dest == "-":
         return StdoutDestination(dest)
-    if dest.startswith("s3://"):
+    if is_s3_url(dest):
         return S3Destination(dest)
     return LocalDestination(dest, sources or [])
 

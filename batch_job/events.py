@@ -16,6 +16,8 @@ import json
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
+from batch_job.base import S3_SCHEME, is_s3_url
+
 S3_TEST_EVENT = "s3:TestEvent"
 
 
@@ -126,13 +128,13 @@ def prefix_request(event: dict, output_bucket: str = "", output_prefix: str = ""
     reaches.
     """
     source, output = event.get("prefix"), event.get("output")
-    if not isinstance(source, str) or not source.startswith("s3://") or len(source) <= len("s3://") \
-            or source[len("s3://"):].startswith("/"):
+    if not isinstance(source, str) or not is_s3_url(source) or len(source) <= len(S3_SCHEME) \
+            or source[len(S3_SCHEME):].startswith("/"):
         raise EventError(f"'prefix' must be an s3://bucket/prefix URL, not {source!r}")
     if output is not None:
-        if not isinstance(output, str) or not output.startswith("s3://") or output.endswith("/"):
+        if not isinstance(output, str) or not is_s3_url(output) or output.endswith("/"):
             raise EventError(f"'output' must be an s3://bucket/key.csv URL, not {output!r}")
-        segments = output[len("s3://"):].split("/")
+        segments = output[len(S3_SCHEME):].split("/")
         if any(segment in (".", "..") for segment in segments):
             raise EventError(f"'output' must not contain '.' or '..' segments: {output!r}")
         allowed = f"s3://{output_bucket}/{output_prefix}"

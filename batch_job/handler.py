@@ -29,7 +29,7 @@ from itertools import chain
 
 from batch_job import s3
 from batch_job.analysis import DEFAULT_FACE_MODE, FACE_MODES
-from batch_job.base import ConfigError
+from batch_job.base import ConfigError, is_s3_url
 from batch_job.csv_output import Totals, write_all
 from batch_job.destinations import open_destination
 from batch_job.events import EventError, S3Object, event_kind, output_name, prefix_request, s3_objects, sqs_messages
@@ -102,7 +102,7 @@ class Config:
         bucket = env.get("OUTPUT_BUCKET", "").strip()
         if not bucket:
             raise ConfigError("OUTPUT_BUCKET is not set: the function needs a bucket to write its CSVs to")
-        if bucket.startswith("s3://") or "/" in bucket:
+        if is_s3_url(bucket) or "/" in bucket:
             raise ConfigError(f"OUTPUT_BUCKET must be a bucket name, not a URL or path: {bucket!r}")
         faces = env.get("FACES", "").strip().lower() or DEFAULT_FACE_MODE
         if faces not in FACE_MODES:

@@ -20,6 +20,7 @@ from PIL import Image, ImageOps
 
 from batch_job.analysis import NO_FACE
 from batch_job.annotate import COLORS
+from batch_job.base import is_s3_url
 from batch_job.preprocessing import CLASSES, ImageError, open_image
 
 THUMBNAILS_PER_EMOTION = 60
@@ -113,13 +114,13 @@ def bar_chart(per_emotion: Counter) -> str:
 
 def _reader(images: str):
     """A function path -> bytes for the SOURCE the CSV was made from (a folder, one file, or s3://)."""
-    if images.startswith("s3://"):
+    if is_s3_url(images):
         from batch_job import s3
 
         bucket, _ = s3.parse_url(images)
 
         def read_s3(path: str) -> bytes:
-            if path.startswith("s3://"):
+            if is_s3_url(path):
                 return s3.read_object(*s3.parse_url(path))
             return s3.read_object(bucket, path)
         return read_s3

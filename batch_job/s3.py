@@ -11,12 +11,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
-from batch_job.base import DestinationError, Item, ReadError, SourceError
+from batch_job.base import S3_SCHEME, DestinationError, Item, ReadError, SourceError, is_s3_url  # noqa: F401
 from batch_job.budget import READS
 from batch_job.local import MAX_INPUT_BYTES, WalkStats
 from batch_job.preprocessing import is_image_path
 
-SCHEME = "s3://"
+SCHEME = S3_SCHEME
 S3_WORKERS = 32  # fetch threads for S3 sources: requests are latency-bound, not CPU-bound
 MAX_POOL_CONNECTIONS = 64
 MAX_KEY_BYTES = 1024  # S3's limit on an object key
@@ -26,10 +26,6 @@ TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTime
 
 _client = None
 _client_lock = threading.Lock()
-
-
-def is_s3_url(text: str) -> bool:
-    return text.startswith(SCHEME)
 
 
 def parse_url(url: str) -> tuple[str, str]:

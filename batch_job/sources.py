@@ -11,15 +11,11 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from batch_job.base import Item, SourceError  # noqa: F401 - re-exported: the names callers know
+from batch_job.base import S3_SCHEME, Item, SourceError, is_s3_url  # noqa: F401 - Item, SourceError re-exported
 from batch_job.local import WalkStats, local_items
 from batch_job.preprocessing import is_image_path
 
-S3_SCHEME = "s3://"
-
-
-def is_s3(source: str) -> bool:
-    return source.startswith(S3_SCHEME)
+is_s3 = is_s3_url
 
 
 def _is_single_s3_object(url: str) -> bool:

@@ -88,3 +88,33 @@ def test_a_bad_shard_on_the_command_line_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_:
         parser.parse_args(["--shard", "16/16"])
     assert exit_.value.code == 2 and "0 to 15" in capsys.readouterr().err
+
+
+def test_run_with_shards_partitions_a_folder_exactly_through_the_cli(tmp_path, tiny_model):
+    """`run DIR --shard i/N -o OUT/` for i = 0..N-1: the parts together hold every image once; an empty
+    shard still writes its header-only part (a Batch child with nothing to do succeeds)."""
+    import csv as csv_module
+
+    from batch_job.cli import main
+    from tests.conftest import face_like
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(12):
+        face_like(i).save(images / f"{i:02d}.png")
+    out = tmp_path / "run"
+    for index in range(4):
+        assert main(["run", str(images), "--shard", f"{index}/4", "--model", str(tiny_model), "-o",
+                     f"{out}/", "--faces", "whole"]) == 0
+    parts = sorted((out / "parts").glob("*.csv"))
+    assert len(parts) == 4
+    paths = [row["path"] for part in parts for row in csv_module.DictReader(part.open())]
+    assert sorted(paths) == [f"{i:02d}.png" for i in range(12)]
+    one = tmp_path / "one"
+    one.mkdir()
+    face_like(0).save(one / "only.png")
+    empty_shard = next(i for i in range(2) if shard_of("only.png", 2) != i)
+    assert main(["run", str(one), "--shard", f"{empty_shard}/2", "--model", str(tiny_model), "-o",
+                 f"{tmp_path}/single/"]) == 0
+    (part,) = (tmp_path / "single" / "parts").glob("*.csv")
+    assert part.read_text().count("\n") == 1  # the header alone
