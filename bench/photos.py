@@ -35,16 +35,17 @@ from batch_job.model import EmotionModel  # noqa: E402
 from batch_job.pipeline import usable_cpus  # noqa: E402
 from batch_job.preprocessing import decode_gray, displayed_size, open_image  # noqa: E402
 
-SUMMARY = re.compile(r"scored (\d+) images, (\d+) faces, (\d+) without a face, (\d+) errors in ([\d.]+) s")
+SUMMARY = re.compile(r"scored (\d+) images, (\d+) faces, (\d+) without a face, (\d+) errors, "
+                     r"(\d+) skipped \(not images\) in ([\d.]+) s")
 
 
 def parse_summary(stderr: str) -> dict:
     match = SUMMARY.search(stderr)
     if not match:
         raise RuntimeError(f"no summary line in: {stderr[-500:]}")
-    images, faces, no_face, errors, seconds = match.groups()
+    images, faces, no_face, errors, skipped, seconds = match.groups()
     return {"images": int(images), "faces": int(faces), "no_face": int(no_face), "errors": int(errors),
-            "seconds": float(seconds)}
+            "skipped": int(skipped), "seconds": float(seconds)}
 
 
 def _box(row: dict) -> tuple[int, ...]:
