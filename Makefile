@@ -12,9 +12,15 @@ RUN ?= runs/vgg_bn_aug
 
 setup: $(VENV)/.installed setup-deploy
 
-$(VENV)/.installed: requirements/runtime.txt requirements/train.txt requirements/dev.txt
+# The runtime alone (onnxruntime, numpy, pillow, boto3, tqdm) is all `make run` needs: seconds, not a minute.
+$(VENV)/.runtime-installed: requirements/runtime.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements/runtime.txt
+	touch $@
+
+# Training, export, tests and benchmarks: TensorFlow, tf2onnx, pytest, moto, ruff, mypy on top.
+$(VENV)/.installed: $(VENV)/.runtime-installed requirements/train.txt requirements/dev.txt
 	$(PY) -m pip install -q -r requirements/dev.txt
 	touch $@
 
@@ -27,7 +33,7 @@ $(DEPLOY_VENV)/.installed: requirements/deploy.txt
 	$(DEPLOY_VENV)/bin/pip install -q -r requirements/deploy.txt
 	touch $@
 
-run: $(VENV)/.installed
+run: $(VENV)/.runtime-installed
 	$(PY) -m batch_job run $(IMAGES) --output $(OUTPUT)
 	@head -n 41 $(OUTPUT) | cut -c 1-160
 	@$(PY) -m batch_job evaluate $(OUTPUT) 2>/dev/null || true

@@ -64,7 +64,7 @@ def detection_scale(width: int, height: int) -> float:
     return min(DETECT_SIZE / max(width, height), max(1.0, MIN_DETECT / min(width, height)))
 
 
-def analyse(data: bytes, mode: str, detector: FaceDetector | None, size: int, channels: int) -> Analysis:
+def analyse(data: bytes | Image.Image, mode: str, detector: FaceDetector | None, size: int, channels: int) -> Analysis:
     """Bytes -> Analysis. ImageError (bad input) propagates: the caller turns it into the row's error.
 
     Each decode first reserves its pixels in the shared decode budget (batch_job.budget), so a folder of
@@ -104,7 +104,7 @@ def analyse(data: bytes, mode: str, detector: FaceDetector | None, size: int, ch
 
 def _whole(image, width: int, height: int, size: int, channels: int) -> Analysis:
     stored = image.size
-    with DECODES.hold(decode_cost(image, size / max(1, min(width, height)))), image:
+    with DECODES.hold(decode_cost(image, size / max(1, min(width, height)))):
         pixels = decode_whole(image, size, channels)
         return Analysis((FaceCrop(whole_box(*displayed_size(image, stored)), None, pixels),))
 

@@ -11,8 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 S3_SCHEME = "s3://"
+
+
+def models_dir() -> Path:
+    """The shipped models: inside the installed package (batch_job/models/, from the wheel), else the
+    repository's models/ (a clone)."""
+    packaged = Path(__file__).resolve().parent / "models"
+    return packaged if (packaged / "emotion.onnx").is_file() else Path(__file__).resolve().parent.parent / "models"
 
 
 def is_s3_url(text: str) -> bool:
@@ -62,4 +71,4 @@ class ReadError(InputError):
 class Item:
     """One input: what the CSV's path column shows, and how to read its bytes (only when the pipeline asks)."""
     path: str
-    read: Callable[[], bytes]
+    read: Callable[[], Any]  # the bytes (from the library API, possibly an image already in memory)

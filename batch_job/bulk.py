@@ -29,7 +29,7 @@ from urllib.parse import unquote_plus
 from batch_job import bulk_run, s3
 from batch_job.analysis import NO_FACE
 from batch_job.events import EventError, S3Object
-from batch_job.handler import Config, csv_text, get_model, score_objects
+from batch_job.handler import Config, csv_text, get_model, named, score_objects
 from batch_job.preprocessing import is_image_path
 
 # S3 error codes and botocore failures that say "try again later", as the error column shows them
@@ -149,15 +149,16 @@ def score_batch(event: dict, model, config: Config) -> dict:
     if later:
         raise TransientS3Error(f"{len(later)} of {len(batch.objects)} objects met a transient S3 error "
                                f"(first: {later[0][0]}: {later[0][1]}); the batch is retried whole")
-    text = csv_text(predictions)
-    key = config.output_prefix + part_name(batch.objects)
+    text = csv_text(predictions, config.output_format)
+    key = named(config.output_prefix + part_name(batch.objects), config.output_format)
     try:
         s3.put_text(out_bucket, key, text)
     except (ClientError, BotoCoreError) as error:
         if transient_client_error(error):
             raise TransientS3Error(f"cannot write s3://{out_bucket}/{key}: {s3.describe(error)}") from None
         raise
-    rows, errors = count_rows(text)
+    rows = sum(max(1, len(p.faces)) for p in predictions)  # one record per face, else one per image
+    errors = sum(p.failed for p in predictions)  # an image without a face is no error
     return {**result, "part": f"s3://{out_bucket}/{key}", "rows": rows, "errors": errors}
 
 

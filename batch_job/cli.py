@@ -1,4 +1,4 @@
-"""python -m batch_job run SOURCE... [--output DEST] [--faces auto|detect|whole] [--annotate DIR] [--model PATH]
+"""emotion-batch (or python -m batch_job) run SOURCE... [-o DEST] [--faces auto|detect|whole] [--format csv|jsonl]
 
 SOURCE and DEST may be local paths or s3:// URLs (s3://bucket/prefix, s3://bucket/key.jpg, s3://bucket/out.csv).
 Other commands: report (an HTML page from a CSV), evaluate (accuracy when paths name their class), cost, and the
@@ -21,7 +21,7 @@ import warnings
 from batch_job import bulk_cli
 from batch_job.analysis import DEFAULT_FACE_MODE, FACE_MODES
 from batch_job.base import BatchJobError, DestinationError, is_s3_url
-from batch_job.csv_output import Totals, write_all
+from batch_job.csv_output import FORMATS, Totals, format_for, write_all
 from batch_job.destinations import Destination, OutputClosed, open_destination
 from batch_job.model import default_model_path
 from batch_job.shard import in_shard, output_for, shard_argument
@@ -53,22 +53,20 @@ def face_mode_default() -> str:
 
 def score(sources: list[str], dest: str, model_path: str | None, batch_size: int, workers: int | None,
           progress: bool, faces: str = DEFAULT_FACE_MODE, annotate: str | None = None,
-          shard: tuple[int, int] | None = None, raw_csv: bool = False) -> tuple[Totals, float]:
-    """Score every input into one CSV; returns the totals and the seconds it took. The destination is checked
-    before anything is loaded or scored."""
+          shard: tuple[int, int] | None = None, raw_csv: bool = False,
+          fmt: str | None = None) -> tuple[Totals, float]:
+    """Score every input into one CSV (or JSON Lines); returns the totals and the seconds it took. The
+    destination is checked before anything is loaded or scored. A thin user of the library API (Scorer)."""
     from tqdm import tqdm
 
-    from batch_job.faces import FaceDetector
-    from batch_job.model import EmotionModel
-    from batch_job.pipeline import predict
+    from batch_job.api import Scorer
 
     opened = open_sources(sources)
     for source, cover in opened.dropped:
         print(f"note: {source} is already part of {cover}: scored once", file=sys.stderr)
     destination = open_destination(dest, opened.kept)
     try:
-        model = EmotionModel(model_path)
-        detector = FaceDetector() if faces != "whole" else None
+        scorer = Scorer(model_path, faces, batch_size)
         if workers is None and any(is_s3_url(source) for source in opened.kept):
             from batch_job.s3 import S3_WORKERS
 
@@ -88,11 +86,12 @@ def score(sources: list[str], dest: str, model_path: str | None, batch_size: int
             items = annotator.remember(items or iter(()))
         started = time.perf_counter()
         with destination.open() as out:
-            results = predict(items or iter(()), model, batch_size, workers, faces, detector)
+            results = scorer.score_items(items or iter(()), workers)
             if annotate:
                 results = annotator.draw_all(results)
             totals = write_all(results, out, lambda stream: tqdm(
-                stream, total=total, unit="img", disable=not progress, file=sys.stderr), neutralise=not raw_csv)
+                stream, total=total, unit="img", disable=not progress, file=sys.stderr), neutralise=not raw_csv,
+                fmt=format_for(dest, fmt))
         totals.skipped = opened.stats.skipped
         return totals, time.perf_counter() - started
     finally:
@@ -100,8 +99,10 @@ def score(sources: list[str], dest: str, model_path: str | None, batch_size: int
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m batch_job",
-                                     description="Find the faces in images and score their emotion; write a CSV.")
+    parser = argparse.ArgumentParser(prog="emotion-batch",
+                                     description="Find the faces in images and score their emotion; write a CSV. "
+                                                 "`python -m batch_job` is the same command.")
+    parser.add_argument("--version", action=_Version, help="print the version and the models' names")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="score a folder, image files, or several of them")
     run.add_argument("sources", nargs="+", metavar="SOURCE",
@@ -123,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--shard", type=shard_argument, metavar="I/N",
                      help="score only shard I of N (0-based) by a stable hash of each path; 'array/N' takes I from "
                           "AWS_BATCH_JOB_ARRAY_INDEX. An OUTPUT ending in '/' gets OUTPUT/parts/part-shard-I-of-N.csv")
+    run.add_argument("--format", choices=FORMATS,
+                     help="csv or jsonl (JSON Lines: the same fields, one record per line; default: from DEST's "
+                          "extension, .jsonl or .ndjson, else csv)")
     run.add_argument("--raw-csv", action="store_true",
                      help="write paths and errors that start with = + - @ as they are (by default they get a "
                           "leading ' so spreadsheets do not run them as formulas)")
@@ -144,6 +148,22 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("-o", "--output", default="report.html", help="HTML file to write (default report.html)")
     bulk_cli.register(sub)
     return parser
+
+
+class _Version(argparse.Action):
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from batch_job import __version__
+        from batch_job.model import EmotionModel
+
+        try:
+            name = EmotionModel().card.properties.get("model_name", "unnamed")
+        except BatchJobError as error:
+            name = f"not loadable: {error}"
+        print(f"emotion-batch {__version__} (model {name}, face detector YuNet)")
+        parser.exit()
 
 
 def _bounded(most: int):
@@ -232,7 +252,7 @@ def run_command(args: argparse.Namespace) -> int:
             except OSError as error:
                 raise DestinationError(f"cannot create {os.path.dirname(output)}: {error.strerror}") from None
         totals, seconds = score(args.sources, output, args.model, args.batch_size, args.workers, progress,
-                                args.faces, args.annotate, args.shard, args.raw_csv)
+                                args.faces, args.annotate, args.shard, args.raw_csv, args.format)
     except BatchJobError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FATAL

@@ -1,4 +1,6 @@
-"""The CSV format: one row per face found (numbered largest first), else one row per image saying why not.
+"""The output formats, CSV and JSON Lines: one record per face found (numbered largest first), else one record
+per image saying why not. The same fields in both (COLUMNS); JSON Lines gives numbers as numbers and empty
+cells as null, for pandas, DuckDB, Athena, jq and BigQuery.
 
 path,face,left,top,width,height,face_score,emotion,confidence,p_happy,p_neutral,p_sad,p_surprise,error
 - a face: face = 1, 2, ...; its box in displayed pixels; face_score = the detector's (empty when scored whole);
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO
@@ -18,6 +21,7 @@ from batch_job.preprocessing import CLASSES
 
 COLUMNS = ["path", "face", "left", "top", "width", "height", "face_score", "emotion", "confidence",
            *(f"p_{name}" for name in CLASSES), "error"]
+FORMATS = ("csv", "jsonl")
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # OWASP "CSV Injection": what spreadsheets take as formulas
 
 
@@ -79,21 +83,48 @@ class Totals:
                 f"{self.errors} errors, {self.skipped} skipped (not images)")
 
 
-def write_csv(results: Iterable[ImageResult], out: IO[str], neutralise: bool = True) -> Iterator[ImageResult]:
-    """Write the header and each result's rows, passing each result on (for counting, progress)."""
-    writer = RowWriter(out, neutralise)
-    writer.writerow(list(COLUMNS))
+def to_records(result: ImageResult) -> list[dict]:
+    """The JSON Lines records of one input: the CSV's fields, with numbers as numbers and empty as null."""
+    records = []
+    for row in to_rows(result):
+        record: dict = dict(zip(COLUMNS, (cell or None for cell in row), strict=True))
+        for name in ("face", "left", "top", "width", "height"):
+            record[name] = None if record[name] is None else int(record[name])
+        for name in ("face_score", "confidence", *(f"p_{c}" for c in CLASSES)):
+            record[name] = None if record[name] is None else float(record[name])
+        records.append(record)
+    return records
+
+
+def format_for(dest: str, explicit: str | None = None) -> str:
+    """The output format: as asked, else from DEST's extension (.jsonl, .ndjson), else CSV."""
+    if explicit:
+        return explicit
+    return "jsonl" if dest.lower().endswith((".jsonl", ".ndjson", ".jsonl/", ".ndjson/")) else "csv"
+
+
+def write_csv(results: Iterable[ImageResult], out: IO[str], neutralise: bool = True,
+              fmt: str = "csv") -> Iterator[ImageResult]:
+    """Write the header (CSV) and each result's records, passing each result on (for counting, progress)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown output format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    writer = RowWriter(out, neutralise) if fmt == "csv" else None
+    if writer:
+        writer.writerow(list(COLUMNS))
     for result in results:
-        for row in to_rows(result):
-            writer.writerow(row)
+        if writer:
+            for row in to_rows(result):
+                writer.writerow(row)
+        else:
+            out.write("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in to_records(result)))
         yield result
 
 
 def write_all(results: Iterable[ImageResult], out: IO[str],
               watch: Callable[[Iterator[ImageResult]], Iterable[ImageResult]] = iter,
-              neutralise: bool = True) -> Totals:
-    """Write the whole CSV; returns the totals. `watch` wraps the stream (e.g. a progress bar)."""
+              neutralise: bool = True, fmt: str = "csv") -> Totals:
+    """Write the whole output; returns the totals. `watch` wraps the stream (e.g. a progress bar)."""
     totals = Totals()
-    for result in watch(write_csv(results, out, neutralise)):
+    for result in watch(write_csv(results, out, neutralise, fmt)):
         totals.add(result)
     return totals

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from batch_job.base import ModelError
+from batch_job.base import ModelError, models_dir
 
 STRIDES = (8, 16, 32)
 DETECT_SIZE = 640  # the longest side an image is scaled to before detection (YuNet's own examples)
@@ -23,7 +23,7 @@ SCORE_THRESHOLD = 0.6  # OpenCV's default is 0.9; 0.6 finds the faces of crowds 
 NMS_IOU = 0.3
 TOP_K = 5000  # candidates kept before NMS, as OpenCV does
 MAX_FACES = 1000  # per image: bounds the memory of one image's crops whatever the picture
-DEFAULT_DETECTOR = Path(__file__).resolve().parent.parent / "models" / "face_detection_yunet.onnx"
+DETECTOR_FILE = "face_detection_yunet.onnx"
 
 
 class DetectorError(ModelError):
@@ -131,7 +131,7 @@ class FaceDetector:
                  nms_iou: float = NMS_IOU, parallel: int | None = None, threads: int = 1):
         import onnxruntime as ort
 
-        self.path = Path(path) if path else Path(os.environ.get("DETECTOR_PATH") or DEFAULT_DETECTOR)
+        self.path = Path(path) if path else Path(os.environ.get("DETECTOR_PATH") or models_dir() / DETECTOR_FILE)
         if not self.path.is_file():
             raise DetectorError(f"face detector not found: {self.path}")
         options = ort.SessionOptions()

@@ -29,13 +29,14 @@ from itertools import chain
 
 from batch_job import s3
 from batch_job.analysis import DEFAULT_FACE_MODE, FACE_MODES
+from batch_job.api import Scorer
 from batch_job.base import ConfigError, is_s3_url
-from batch_job.csv_output import Totals, write_all
+from batch_job.csv_output import FORMATS, Totals, format_for, write_all
 from batch_job.destinations import open_destination
 from batch_job.events import EventError, S3Object, event_kind, output_name, prefix_request, s3_objects, sqs_messages
 from batch_job.faces import FaceDetector
 from batch_job.model import EmotionModel
-from batch_job.pipeline import ImageResult, predict
+from batch_job.pipeline import ImageResult
 from batch_job.sources import non_empty, open_sources
 
 DEFAULT_OUTPUT_PREFIX = "predictions/"
@@ -96,6 +97,7 @@ class Config:
     batch_size: int = 256
     workers: int = s3.S3_WORKERS
     faces: str = DEFAULT_FACE_MODE
+    output_format: str = "csv"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Config:
@@ -107,7 +109,10 @@ class Config:
         faces = env.get("FACES", "").strip().lower() or DEFAULT_FACE_MODE
         if faces not in FACE_MODES:
             raise ConfigError(f"FACES must be one of {', '.join(FACE_MODES)}, not {faces!r}")
-        return cls(bucket, env.get("OUTPUT_PREFIX", DEFAULT_OUTPUT_PREFIX), faces=faces)
+        output_format = env.get("OUTPUT_FORMAT", "").strip().lower() or "csv"
+        if output_format not in FORMATS:
+            raise ConfigError(f"OUTPUT_FORMAT must be one of {', '.join(FORMATS)}, not {output_format!r}")
+        return cls(bucket, env.get("OUTPUT_PREFIX", DEFAULT_OUTPUT_PREFIX), faces=faces, output_format=output_format)
 
 
 def get_model() -> EmotionModel:
@@ -128,18 +133,27 @@ def get_detector(config: Config) -> FaceDetector | None:
     return _detector
 
 
+def scorer(model: EmotionModel, config: Config) -> Scorer:
+    """The library API over the container's models: the same path as the command line."""
+    return Scorer.from_loaded(model, get_detector(config), config.faces, config.batch_size, config.workers)
+
+
 def score_objects(objects: Iterable[S3Object], model: EmotionModel, config: Config) -> list[ImageResult]:
     """One result per object, in order. Fetches run concurrently inside the pipeline's thread pool."""
     items = [s3.object_item(o.bucket, o.key) for o in objects]
-    if not items:
-        return []
-    return list(predict(items, model, config.batch_size, config.workers, config.faces, get_detector(config)))
+    return list(scorer(model, config).score_items(items)) if items else []
 
 
-def csv_text(results: Iterable[ImageResult]) -> str:
+def csv_text(results: Iterable[ImageResult], fmt: str = "csv") -> str:
+    """The output file's text, CSV or JSON Lines (OUTPUT_FORMAT)."""
     out = io.StringIO()
-    write_all(results, out)
+    write_all(results, out, fmt=fmt)
     return out.getvalue()
+
+
+def named(name: str, fmt: str) -> str:
+    """An output name with the format's extension ('x.csv' -> 'x.jsonl' for JSON Lines)."""
+    return name[: -len(".csv")] + ".jsonl" if fmt == "jsonl" and name.endswith(".csv") else name
 
 
 def _summary(output: str | None, results: list[ImageResult]) -> dict:
@@ -159,8 +173,8 @@ def handle_s3_event(event: dict, model: EmotionModel, config: Config) -> dict:
     later = [p.path for p in predictions if p.transient]
     if later:
         raise BatchFailed(f"{len(later)} objects met a transient S3 error (first: {later[0]}); retry the event")
-    key = config.output_prefix + output_name(objects, config.output_prefix)
-    s3.put_text(config.output_bucket, key, csv_text(predictions))
+    key = named(config.output_prefix + output_name(objects, config.output_prefix), config.output_format)
+    s3.put_text(config.output_bucket, key, csv_text(predictions, config.output_format))
     return _summary(f"s3://{config.output_bucket}/{key}", predictions)
 
 
@@ -191,9 +205,9 @@ def handle_sqs_event(event: dict, model: EmotionModel, config: Config) -> dict:
         objects = list(dict.fromkeys(chain.from_iterable(m.objects for m in usable)))
         predictions = [scored[o] for o in objects]
     if objects:
-        key = config.output_prefix + output_name(objects, config.output_prefix)
+        key = named(config.output_prefix + output_name(objects, config.output_prefix), config.output_format)
         try:
-            s3.put_text(config.output_bucket, key, csv_text(predictions))
+            s3.put_text(config.output_bucket, key, csv_text(predictions, config.output_format))
             output = f"s3://{config.output_bucket}/{key}"
         except (ClientError, BotoCoreError) as error:
             failed.extend(m.message_id for m in usable)
@@ -208,7 +222,8 @@ def handle_prefix_event(event: dict, model: EmotionModel, config: Config) -> dic
     """{"prefix": "s3://bucket/photos/", "output": ...}: every image under the prefix into one CSV."""
     source, output = prefix_request(event, config.output_bucket, config.output_prefix)
     bucket, prefix = s3.parse_url(source)
-    output = output or f"s3://{config.output_bucket}/{config.output_prefix}{bucket}/{prefix}predictions.csv"
+    output = output or named(f"s3://{config.output_bucket}/{config.output_prefix}{bucket}/{prefix}predictions.csv",
+                             config.output_format)
     destination = open_destination(output)
     try:
         opened = open_sources([source])
@@ -216,8 +231,8 @@ def handle_prefix_event(event: dict, model: EmotionModel, config: Config) -> dic
         if items is None:
             raise EventError(f"no image files found under {source}")
         with destination.open() as out:
-            totals = write_all(predict(items, model, config.batch_size, config.workers, config.faces,
-                                       get_detector(config)), out)
+            totals = write_all(scorer(model, config).score_items(items), out,
+                               fmt=format_for(output, config.output_format if not event.get("output") else None))
         totals.skipped = opened.stats.skipped
     finally:
         destination.close()

@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from batch_job.base import ModelError
+from batch_job.base import ModelError, models_dir
 from batch_job.preprocessing import CLASSES
 
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "emotion.onnx"
+MODEL_FILE = "emotion.onnx"
 
 
 def default_model_path() -> Path:
-    return Path(os.environ.get("MODEL_PATH") or DEFAULT_MODEL)
+    return Path(os.environ.get("MODEL_PATH") or models_dir() / MODEL_FILE)
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ class EmotionModel:
             raise ModelError(f"model outputs shape {list(out.shape)} but its card names {len(card.classes)} "
                              f"classes")
         if not card.outputs_logits and not (np.all((out >= -1e-4) & (out <= 1 + 1e-4))
-                                            and np.allclose(out.sum(axis=1), 1, atol=1e-3)):
+                                            and np.allclose(out.sum(axis=1), 1, atol=0.05)):  # INT8 rounds
             raise ModelError("model outputs are not probabilities (each row in [0, 1], summing to 1); if the "
                              "graph ends in logits, its card's output.meaning must say 'logits'")
 

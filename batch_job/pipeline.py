@@ -22,6 +22,7 @@ from batch_job.base import InputError, Item
 from batch_job.budget import READS
 from batch_job.faces import FaceDetector
 from batch_job.model import EmotionModel
+from batch_job.preprocessing import CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,19 @@ class FaceResult:
     number: int  # 1, 2, ... largest first
     box: tuple[int, int, int, int]  # left, top, width, height in displayed pixels
     score: float | None  # the detector's score; None when the image was scored whole
-    probabilities: np.ndarray
+    probabilities: np.ndarray  # one per class, in CLASSES order
+
+    @property
+    def emotion(self) -> str:
+        return CLASSES[int(self.probabilities.argmax())]
+
+    @property
+    def confidence(self) -> float:
+        return float(self.probabilities.max())
+
+    def as_dict(self) -> dict[str, float]:
+        """{'happy': 0.91, 'neutral': 0.04, ...}"""
+        return {name: float(p) for name, p in zip(CLASSES, self.probabilities, strict=True)}
 
 
 @dataclass(frozen=True)

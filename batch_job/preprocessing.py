@@ -34,7 +34,7 @@ FACE_CROP_SCALE = 1.0
 FACE_CROP_SHIFT = 0.0
 EXIF_ORIENTATION = 0x0112
 
-Source = Union[str, Path, bytes, BinaryIO]
+Source = Union[str, Path, bytes, BinaryIO, Image.Image]
 Image.MAX_IMAGE_PIXELS = None  # Pillow's own check warns through the (process-wide) warnings machinery, which
 # threads cannot use safely; open_image checks MAX_PIXELS itself, and batch_job.budget bounds the memory
 BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "La": 2, "RGB": 3, "YCbCr": 3, "LAB": 3, "HSV": 3,
@@ -46,7 +46,12 @@ ORIENTATIONS = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_18
 
 
 def open_image(source: Source) -> Image.Image:
-    """Identify the image without decoding its pixels; refuse empty files and decompression bombs."""
+    """Identify the image without decoding its pixels; refuse empty files and decompression bombs. An image
+    already in memory (a PIL image: the library API) is checked and used as it is."""
+    if isinstance(source, Image.Image):
+        if source.width * source.height > MAX_PIXELS:
+            raise ImageError(f"image too large ({source.width}x{source.height} pixels, limit {MAX_PIXELS})")
+        return source
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
             raise ImageError("empty file (0 bytes)")

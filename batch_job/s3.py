@@ -195,5 +195,6 @@ def upload_file(path: str, url: str) -> None:
 
 
 def put_text(bucket: str, key: str, text: str) -> None:
-    """Write a small CSV in one request (the Lambda handler's per-message output)."""
-    client().put_object(Bucket=bucket, Key=key, Body=text.encode("utf-8"), ContentType="text/csv")
+    """Write a small CSV or JSON Lines file in one request (the Lambda handler's per-message output)."""
+    kind = "application/x-ndjson" if key.endswith(".jsonl") else "text/csv"
+    client().put_object(Bucket=bucket, Key=key, Body=text.encode("utf-8"), ContentType=kind)
