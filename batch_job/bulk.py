@@ -21,7 +21,6 @@ import csv
 import hashlib
 import io
 import json
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from urllib.parse import unquote_plus
@@ -31,18 +30,6 @@ from batch_job.analysis import NO_FACE
 from batch_job.events import EventError, S3Object
 from batch_job.handler import Config, csv_text, get_model, named, score_objects
 from batch_job.preprocessing import is_image_path
-
-# S3 error codes and botocore failures that say "try again later", as the error column shows them
-# ('cannot read: SlowDown: Please reduce your request rate.'). Codes after botocore's retry checkers.
-_TRANSIENT_ROW = re.compile(
-    r"\b(?:SlowDown|ServiceUnavailable|InternalError|RequestTimeout(?:Exception)?|PriorRequestNotComplete"
-    r"|Throttl\w*|TooManyRequests\w*|RequestLimitExceeded|BandwidthLimitExceeded)\b"
-    r"|(?:^|: )(?:429|500|502|503|504)(?::|$)"
-    r"|Could not connect to the endpoint URL|(?:Connect|Read) timeout on endpoint URL|Connection was closed"
-    r"|reading from response stream|ProtocolError|IncompleteRead|ConnectionResetError")
-_TRANSIENT_CODES = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "RequestTimeoutException",
-                    "PriorRequestNotComplete", "Throttling", "ThrottlingException", "TooManyRequestsException",
-                    "RequestLimitExceeded", "BandwidthLimitExceeded"}
 
 
 class TransientS3Error(RuntimeError):
@@ -103,24 +90,6 @@ def part_name(objects: Iterable[S3Object]) -> str:
     return f"part-{digest[:24]}.csv"
 
 
-def transient(error: str) -> bool:
-    """Whether an error row's reason is S3 saying 'later' rather than something about the object."""
-    return bool(error) and _TRANSIENT_ROW.search(error) is not None
-
-
-def transient_client_error(error: Exception) -> bool:
-    """The same question for an exception from boto3 (writing the part)."""
-    from botocore.exceptions import ClientError, HTTPClientError
-    from botocore.exceptions import ConnectionError as BotoConnectionError
-
-    if isinstance(error, (BotoConnectionError, HTTPClientError)):
-        return True
-    if isinstance(error, ClientError):
-        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        return error.response.get("Error", {}).get("Code") in _TRANSIENT_CODES or status == 429 or status >= 500
-    return False
-
-
 def count_rows(text: str) -> tuple[int, int]:
     """(rows, error rows) of a CSV text, read from its own header: whatever columns the CSV has today."""
     reader = csv.reader(io.StringIO(text))
@@ -145,7 +114,7 @@ def score_batch(event: dict, model, config: Config) -> dict:
     out_bucket, out_prefix = bulk_run.split_run_url(batch.output)
     config = replace(config, output_bucket=out_bucket, output_prefix=out_prefix + bulk_run.PARTS)
     predictions = score_objects(batch.objects, model, config)
-    later = [(p.path, p.error) for p in predictions if p.transient or transient(p.error)]
+    later = [(p.path, p.error) for p in predictions if p.transient]
     if later:
         raise TransientS3Error(f"{len(later)} of {len(batch.objects)} objects met a transient S3 error "
                                f"(first: {later[0][0]}: {later[0][1]}); the batch is retried whole")
@@ -154,7 +123,7 @@ def score_batch(event: dict, model, config: Config) -> dict:
     try:
         s3.put_text(out_bucket, key, text)
     except (ClientError, BotoCoreError) as error:
-        if transient_client_error(error):
+        if s3.is_transient(error):
             raise TransientS3Error(f"cannot write s3://{out_bucket}/{key}: {s3.describe(error)}") from None
         raise
     rows = sum(max(1, len(p.faces)) for p in predictions)  # one record per face, else one per image

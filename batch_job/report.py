@@ -21,6 +21,7 @@ from PIL import Image, ImageOps
 from batch_job.analysis import NO_FACE
 from batch_job.annotate import COLORS
 from batch_job.base import is_s3_url
+from batch_job.csv_output import Totals
 from batch_job.preprocessing import CLASSES, ImageError, open_image
 
 THUMBNAILS_PER_EMOTION = 60
@@ -34,15 +35,9 @@ class ReportError(ValueError):
 
 
 @dataclass
-class Summary:
-    images: int = 0
-    faces: int = 0
-    no_face: int = 0
-    errors: int = 0
+class Summary(Totals):
+    """The run's totals, as the CSV tells them, and faces per emotion."""
     per_emotion: Counter = field(default_factory=Counter)
-
-    def __str__(self) -> str:
-        return f"{self.images} images, {self.faces} faces, {self.no_face} without a face, {self.errors} errors"
 
 
 @dataclass(order=True)

@@ -21,8 +21,10 @@ S3_WORKERS = 32  # fetch threads for S3 sources: requests are latency-bound, not
 MAX_POOL_CONNECTIONS = 64
 MAX_KEY_BYTES = 1024  # S3's limit on an object key
 MAX_OBJECT_BYTES = MAX_INPUT_BYTES  # the same cap as local files; larger objects become error rows
-TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
-                   "InternalError", "ServiceUnavailable", "503", "500", "502", "504"}
+# What S3 says when it means "later" (after botocore's own retries), rather than something about the object.
+TRANSIENT_CODES = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "RequestTimeoutException",
+                   "PriorRequestNotComplete", "Throttling", "ThrottlingException", "TooManyRequestsException",
+                   "RequestLimitExceeded", "BandwidthLimitExceeded", "500", "502", "503", "504"}
 
 _client = None
 _client_lock = threading.Lock()
@@ -76,11 +78,12 @@ def describe(error: Exception) -> str:
 def is_transient(error: Exception) -> bool:
     """Whether S3 said 'later' (throttling, 5xx, a lost connection) rather than something about the object,
     once boto3's own retries are spent."""
-    from botocore.exceptions import ClientError, HTTPClientError
+    from botocore.exceptions import ClientError, HTTPClientError, ReadTimeoutError, ResponseStreamingError
     from botocore.exceptions import ConnectionError as BotoConnectionError
 
-    if isinstance(error, (BotoConnectionError, HTTPClientError)):
-        return True
+    if isinstance(error, (BotoConnectionError, HTTPClientError, ReadTimeoutError, ResponseStreamingError,
+                          ConnectionError, TimeoutError)):
+        return True  # the connection, not the object: lost, reset, timed out, cut mid-body
     if isinstance(error, ClientError):
         status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         return error.response.get("Error", {}).get("Code") in TRANSIENT_CODES or status == 429 or status >= 500
@@ -103,7 +106,7 @@ def read_object(bucket: str, key: str) -> bytes:
         if len(data) > MAX_OBJECT_BYTES:
             raise ReadError(f"object too large (more than {MAX_OBJECT_BYTES} bytes)")
         return data
-    except (ClientError, BotoCoreError) as error:
+    except (ClientError, BotoCoreError, ConnectionError, TimeoutError) as error:
         raise ReadError(describe(error), transient=is_transient(error)) from None
 
 

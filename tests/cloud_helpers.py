@@ -13,6 +13,7 @@ import os
 import socket
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from urllib.parse import quote_plus
 
 import pytest
@@ -24,6 +25,21 @@ from tests.conftest import face_like
 REGION = "us-east-1"
 DUMMY_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                      "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": REGION}
+
+
+@contextmanager
+def deployed_buckets(monkeypatch, model_path, input_bucket: str, output_bucket: str):
+    """moto S3 with an input and an output bucket, and the function's environment as deployed."""
+    import boto3
+    from moto import mock_aws
+
+    monkeypatch.setenv("OUTPUT_BUCKET", output_bucket)
+    monkeypatch.setenv("MODEL_PATH", str(model_path))
+    with mock_aws():
+        client = boto3.client("s3")
+        client.create_bucket(Bucket=input_bucket)
+        client.create_bucket(Bucket=output_bucket)
+        yield client
 
 
 def image_bytes(seed: int, fmt: str = "PNG", size: int = 48) -> bytes:

@@ -7,16 +7,14 @@ import io
 import json
 import random
 
-import boto3
 import pytest
-from botocore.exceptions import ClientError, EndpointConnectionError
-from moto import mock_aws
+from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError, ResponseStreamingError
 
 from batch_job import bulk, bulk_run, s3
-from batch_job.bulk import TransientS3Error, parse_batch, part_name, transient
+from batch_job.bulk import TransientS3Error, parse_batch, part_name
 from batch_job.csv_output import COLUMNS
 from batch_job.events import EventError, S3Object
-from tests.cloud_helpers import CORRUPT_JPEG, all_keys, aws, get_text, image_bytes, read_csv  # noqa: F401
+from tests.cloud_helpers import CORRUPT_JPEG, all_keys, aws, deployed_buckets, get_text, image_bytes, read_csv  # noqa: F401
 
 IN, OUT = "bulk-test-input", "bulk-test-output"
 RUN = f"s3://{OUT}/runs/june/"
@@ -25,12 +23,7 @@ RAW_KEYS = ["photos/happy face.png", "photos/a+b=c&d.png", "photos/Zoë/élan vi
 
 @pytest.fixture
 def buckets(aws, tiny_model, monkeypatch):
-    monkeypatch.setenv("OUTPUT_BUCKET", OUT)
-    monkeypatch.setenv("MODEL_PATH", str(tiny_model))
-    with mock_aws():
-        client = boto3.client("s3")
-        client.create_bucket(Bucket=IN)
-        client.create_bucket(Bucket=OUT)
+    with deployed_buckets(monkeypatch, tiny_model, IN, OUT) as client:
         yield client
 
 
@@ -147,22 +140,27 @@ def test_transient_failure_writing_the_part_is_retryable_and_a_denied_write_is_n
     assert not isinstance(denied.value, TransientS3Error)
 
 
+def client_error(code: str, status: int) -> ClientError:
+    return ClientError({"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}},
+                       "GetObject")
+
+
 @pytest.mark.parametrize("error, expected", [
-    ("cannot read: SlowDown: Please reduce your request rate.", True),
-    ("cannot read: InternalError: We encountered an internal error. Please try again.", True),
-    ("cannot read: ServiceUnavailable: Service is unable to handle request.", True),
-    ("cannot read: 503", True),
-    ('cannot read: Could not connect to the endpoint URL: "https://b.s3.amazonaws.com/k"', True),
-    ('cannot read: Read timeout on endpoint URL: "None"', True),
-    ("cannot read: An error occurred while reading from response stream: ('Connection broken')", True),
-    ("cannot read: NoSuchKey: The specified key does not exist.", False),
-    ("cannot read: AccessDenied: Access Denied", False),
-    ("empty file (0 bytes)", False),
-    ("image file is truncated (503 bytes not processed)", False),
-    ("", False),
+    (client_error("SlowDown", 503), True),
+    (client_error("InternalError", 500), True),
+    (client_error("ServiceUnavailable", 503), True),
+    (client_error("ThrottlingException", 400), True),
+    (client_error("Whatever", 429), True),
+    (EndpointConnectionError(endpoint_url="https://b.s3.amazonaws.com/k"), True),
+    (ReadTimeoutError(endpoint_url="None"), True),
+    (ResponseStreamingError(error="Connection broken"), True),
+    (ConnectionResetError(104, "Connection reset by peer"), True),
+    (client_error("NoSuchKey", 404), False),
+    (client_error("AccessDenied", 403), False),
+    (ValueError("image file is truncated"), False),
 ])
-def test_transient_tells_s3_saying_later_from_a_bad_object(error, expected):
-    assert transient(error) is expected
+def test_s3_tells_saying_later_from_a_bad_object(error, expected):
+    assert s3.is_transient(error) is expected
 
 
 def test_inventory_batches_decode_keys_and_keep_to_the_prefix(buckets):

@@ -7,14 +7,12 @@ from __future__ import annotations
 import time
 from collections import Counter
 
-import boto3
 import pytest
 from botocore.exceptions import ClientError
-from moto import mock_aws
 
 from batch_job import bulk, s3
 from tests.bulk_map_sim import batcher, cut_batches, event_bytes, listing_items, retry_policy, simulate_map
-from tests.cloud_helpers import aws, get_text, image_bytes, put_many, read_csv  # noqa: F401
+from tests.cloud_helpers import aws, deployed_buckets, get_text, image_bytes, put_many, read_csv  # noqa: F401
 
 IN, OUT = "map-sim-input", "map-sim-output"
 RUN = f"s3://{OUT}/runs/sim/"
@@ -29,12 +27,7 @@ NOT_IMAGES = ["photos/readme.txt", "photos/empty-folder/"]
 
 @pytest.fixture
 def listed(aws, tiny_model, monkeypatch):
-    monkeypatch.setenv("OUTPUT_BUCKET", OUT)
-    monkeypatch.setenv("MODEL_PATH", str(tiny_model))
-    with mock_aws():
-        client = boto3.client("s3")
-        client.create_bucket(Bucket=IN)
-        client.create_bucket(Bucket=OUT)
+    with deployed_buckets(monkeypatch, tiny_model, IN, OUT) as client:
         bodies = [image_bytes(i, size=24) for i in range(16)]
         put_many(client, IN, {key: bodies[i % len(bodies)] for i, key in enumerate(IMAGES)})
         put_many(client, IN, {NOT_IMAGES[0]: b"not an image", NOT_IMAGES[1]: b""})

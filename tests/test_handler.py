@@ -6,7 +6,6 @@ import json
 
 import boto3
 import pytest
-from moto import mock_aws
 
 from batch_job import events
 from batch_job import handler as handler_module
@@ -18,6 +17,7 @@ from tests.cloud_helpers import (  # noqa: F401
     S3_TEST_EVENT_BODY,
     all_keys,
     aws,
+    deployed_buckets,
     get_text,
     image_bytes,
     read_csv,
@@ -35,12 +35,7 @@ ODD_KEYS = ["uploads/happy face.png", "uploads/Zoë/élan vital 😀.jpg", "uplo
 @pytest.fixture
 def buckets(aws, tiny_model, monkeypatch):
     """moto S3 with an input and an output bucket; the function's environment as deployed."""
-    monkeypatch.setenv("OUTPUT_BUCKET", OUT)
-    monkeypatch.setenv("MODEL_PATH", str(tiny_model))
-    with mock_aws():
-        client = boto3.client("s3")
-        client.create_bucket(Bucket=IN)
-        client.create_bucket(Bucket=OUT)
+    with deployed_buckets(monkeypatch, tiny_model, IN, OUT) as client:
         yield client
 
 
