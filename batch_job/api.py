@@ -25,9 +25,10 @@ from PIL import Image
 
 from batch_job.analysis import DEFAULT_FACE_MODE, FACE_MODES
 from batch_job.base import Item
-from batch_job.faces import FaceDetector
-from batch_job.model import EmotionModel
+from batch_job.faces import FaceDetector, default_detector_path
+from batch_job.model import EmotionModel, default_model_path
 from batch_job.pipeline import FaceResult, ImageResult, predict
+from batch_job.precision import choose
 from batch_job.sources import open_sources
 
 InMemory = Image.Image | np.ndarray | bytes
@@ -37,11 +38,15 @@ class Scorer:
     """The models, loaded once and reused for any number of calls (threads may share one Scorer)."""
 
     def __init__(self, model: str | os.PathLike | None = None, faces: str = DEFAULT_FACE_MODE,
-                 batch_size: int = 256, workers: int | None = None, detector: str | os.PathLike | None = None):
+                 batch_size: int = 256, workers: int | None = None, detector: str | os.PathLike | None = None,
+                 precision: str | None = None):
+        """precision: 'fp32', 'int8' or 'auto' (default: $PRECISION, else auto: INT8 where this CPU runs it
+        accurately, batch_job.precision)."""
         if faces not in FACE_MODES:
             raise ValueError(f"faces must be one of {', '.join(FACE_MODES)}, not {faces!r}")
-        self.model = EmotionModel(model)
-        self.detector = FaceDetector(detector) if faces != "whole" else None
+        self.model = EmotionModel(choose(precision, Path(model) if model else default_model_path()))
+        self.detector = FaceDetector(choose(precision, Path(detector) if detector else default_detector_path(),
+                                            required=False)) if faces != "whole" else None
         self.faces, self.batch_size, self.workers = faces, batch_size, workers
 
     @classmethod

@@ -24,6 +24,7 @@ from batch_job.base import BatchJobError, DestinationError, is_s3_url
 from batch_job.csv_output import FORMATS, Totals, format_for, write_all
 from batch_job.destinations import Destination, OutputClosed, open_destination
 from batch_job.model import default_model_path
+from batch_job.precision import PRECISIONS
 from batch_job.shard import in_shard, output_for, shard_argument
 from batch_job.sources import non_empty, open_sources
 
@@ -54,7 +55,7 @@ def face_mode_default() -> str:
 def score(sources: list[str], dest: str, model_path: str | None, batch_size: int, workers: int | None,
           progress: bool, faces: str = DEFAULT_FACE_MODE, annotate: str | None = None,
           shard: tuple[int, int] | None = None, raw_csv: bool = False,
-          fmt: str | None = None) -> tuple[Totals, float]:
+          fmt: str | None = None, precision: str | None = None) -> tuple[Totals, float]:
     """Score every input into one CSV (or JSON Lines); returns the totals and the seconds it took. The
     destination is checked before anything is loaded or scored. A thin user of the library API (Scorer)."""
     from tqdm import tqdm
@@ -66,7 +67,7 @@ def score(sources: list[str], dest: str, model_path: str | None, batch_size: int
         print(f"note: {source} is already part of {cover}: scored once", file=sys.stderr)
     destination = open_destination(dest, opened.kept)
     try:
-        scorer = Scorer(model_path, faces, batch_size)
+        scorer = Scorer(model_path, faces, batch_size, precision=precision)
         if workers is None and any(is_s3_url(source) for source in opened.kept):
             from batch_job.s3 import S3_WORKERS
 
@@ -117,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--annotate", metavar="DIR",
                      help="also write a copy of each image with its faces boxed and labelled into DIR")
     run.add_argument("--model", help=f"ONNX model (default: $MODEL_PATH or {default_model_path()})")
+    run.add_argument("--precision", choices=PRECISIONS,
+                     help="fp32, int8, or auto: INT8 where this CPU runs it accurately (default: $PRECISION or "
+                          "auto; see docs/performance.md)")
     run.add_argument("--batch-size", type=_bounded(MAX_BATCH_SIZE), default=256,
                      help=f"faces per inference call, 1 to {MAX_BATCH_SIZE} (default 256)")
     run.add_argument("--workers", type=_bounded(MAX_WORKERS),
@@ -157,9 +161,12 @@ class _Version(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
         from batch_job import __version__
         from batch_job.model import EmotionModel
+        from batch_job.precision import choose
 
         try:
-            name = EmotionModel().card.properties.get("model_name", "unnamed")
+            path = choose(None, default_model_path())
+            name = EmotionModel(path).card.properties.get("model_name", "unnamed")
+            name += ", INT8 on this CPU" if path.name.endswith(".int8.onnx") else ""
         except BatchJobError as error:
             name = f"not loadable: {error}"
         print(f"emotion-batch {__version__} (model {name}, face detector YuNet)")
@@ -252,7 +259,7 @@ def run_command(args: argparse.Namespace) -> int:
             except OSError as error:
                 raise DestinationError(f"cannot create {os.path.dirname(output)}: {error.strerror}") from None
         totals, seconds = score(args.sources, output, args.model, args.batch_size, args.workers, progress,
-                                args.faces, args.annotate, args.shard, args.raw_csv, args.format)
+                                args.faces, args.annotate, args.shard, args.raw_csv, args.format, args.precision)
     except BatchJobError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FATAL

@@ -26,6 +26,10 @@ MAX_FACES = 1000  # per image: bounds the memory of one image's crops whatever t
 DETECTOR_FILE = "face_detection_yunet.onnx"
 
 
+def default_detector_path() -> Path:
+    return Path(os.environ.get("DETECTOR_PATH") or models_dir() / DETECTOR_FILE)
+
+
 class DetectorError(ModelError):
     """The face detector file is missing or not a YuNet graph (a fatal error, like a bad emotion model)."""
 
@@ -131,7 +135,7 @@ class FaceDetector:
                  nms_iou: float = NMS_IOU, parallel: int | None = None, threads: int = 1):
         import onnxruntime as ort
 
-        self.path = Path(path) if path else Path(os.environ.get("DETECTOR_PATH") or models_dir() / DETECTOR_FILE)
+        self.path = Path(path) if path else default_detector_path()
         if not self.path.is_file():
             raise DetectorError(f"face detector not found: {self.path}")
         options = ort.SessionOptions()

@@ -34,9 +34,10 @@ from batch_job.base import ConfigError, is_s3_url
 from batch_job.csv_output import FORMATS, Totals, format_for, write_all
 from batch_job.destinations import open_destination
 from batch_job.events import EventError, S3Object, event_kind, output_name, prefix_request, s3_objects, sqs_messages
-from batch_job.faces import FaceDetector
-from batch_job.model import EmotionModel
+from batch_job.faces import FaceDetector, default_detector_path
+from batch_job.model import EmotionModel, default_model_path
 from batch_job.pipeline import ImageResult
+from batch_job.precision import choose
 from batch_job.sources import non_empty, open_sources
 
 DEFAULT_OUTPUT_PREFIX = "predictions/"
@@ -118,8 +119,8 @@ class Config:
 def get_model() -> EmotionModel:
     """The container's model: loaded on first use, then kept for every later invocation."""
     global _model
-    if _model is None:
-        _model = EmotionModel(os.environ.get("MODEL_PATH") or None)
+    if _model is None:  # $PRECISION (fp32, int8, auto) picks the graph, as on the command line
+        _model = EmotionModel(choose(None, default_model_path()))
     return _model
 
 
@@ -129,7 +130,7 @@ def get_detector(config: Config) -> FaceDetector | None:
     if config.faces == "whole":
         return None
     if _detector is None:
-        _detector = FaceDetector()
+        _detector = FaceDetector(choose(None, default_detector_path(), required=False))
     return _detector
 
 
