@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     cost.add_argument("--memory-mb", type=_bounded(10240), default=2048, help="Lambda memory (default 2048)")
     cost.add_argument("--images-per-invocation", type=_bounded(10**6), default=100,
                       help="images per Lambda invocation (the template's SQS batch size; default 100)")
+    cost.add_argument("--photos", action="store_true",
+                      help="price photos with their faces found (the measured photo rate), not face crops")
+    cost.add_argument("--precision", choices=("fp32", "int8"), default="fp32", help="which measured rate (default fp32)")
     cost.add_argument("--lambda-gb-second", type=float, help="price override, USD")
     cost.add_argument("--s3-get-per-1000", type=float, help="price override, USD")
     cost.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -213,7 +216,10 @@ def print_cost(args: argparse.Namespace) -> int:
         prices.lambda_gb_second = args.lambda_gb_second
     if args.s3_get_per_1000 is not None:
         prices.s3_get = args.s3_get_per_1000 / 1000
-    result = estimate(args.images, args.memory_mb, args.images_per_invocation, prices)
+    from batch_job.cost import Throughput
+
+    throughput = Throughput.from_bench(photos=args.photos, precision=args.precision)
+    result = estimate(args.images, args.memory_mb, args.images_per_invocation, prices, throughput)
     print(json.dumps(result, indent=2) if args.json else format_estimate(result))
     return EXIT_OK
 

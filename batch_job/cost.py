@@ -1,8 +1,13 @@
-"""What scoring N images costs on Lambda, on AWS Batch (Fargate) and on a GPU instance.
+"""What scoring N images costs on Lambda, on AWS Batch (Fargate) and on a GPU instance, beside what a managed
+face-analysis API would charge for the same images.
 
-Throughput comes from `make bench` (bench/results.json) when present, else the defaults below. Prices are
-public AWS list prices for us-east-1 (x86), as known on PRICES_DATE: check https://aws.amazon.com/pricing
-before relying on them; every one can be overridden on the command line.
+Throughput comes from `make bench` for this machine's CPU class (bench/results/<class>/results.json; else the
+newest class measured; else the defaults below), for face crops or photos, fp32 or INT8. Prices are public AWS
+list prices for us-east-1 (x86), as known on PRICES_DATE: check https://aws.amazon.com/pricing before relying
+on them; every one can be overridden on the command line. The managed API is Amazon Rekognition's DetectFaces
+(with Attributes=ALL it returns each face's emotions): a "Group 2" image API, $0.001 per image for the first
+million images a month (https://aws.amazon.com/rekognition/pricing/, as known on PRICES_DATE; cheaper tiers
+after 1M, 5M and 35M images a month).
 """
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 PRICES_DATE = "2025-06 (public list prices, us-east-1; not fetched live)"
-BENCH_RESULTS = Path(__file__).resolve().parent.parent / "bench" / "results.json"
+BENCH_RESULTS = Path(__file__).resolve().parent.parent / "bench" / "results"
 LAMBDA_MB_PER_VCPU = 1769  # Lambda gives one full vCPU at 1,769 MB, proportionally less or more (up to 6)
 
 
@@ -26,21 +31,42 @@ class Prices:
     fargate_vcpu_hour: float = 0.04048
     fargate_gb_hour: float = 0.004445
     gpu_instance_hour: float = 0.526  # g4dn.xlarge: 1 T4, 4 vCPUs
+    managed_api_per_image: float = 0.001  # Rekognition DetectFaces, first 1M images a month
 
 
 @dataclass
 class Throughput:
     """Images per second per vCPU for the whole job (decode + infer + CSV), from bench or defaults."""
     per_vcpu: float = 400.0
-    source: str = "default (no bench/results.json)"
+    source: str = "default (no bench results)"
 
     @classmethod
-    def from_bench(cls, path: Path = BENCH_RESULTS) -> Throughput:
-        try:
-            results = json.loads(path.read_text())
-            return cls(float(results["end_to_end"]["images_per_second_per_core"]), f"measured by make bench ({path.name})")
-        except (OSError, KeyError, ValueError):
-            return cls()
+    def from_bench(cls, folder: Path = BENCH_RESULTS, photos: bool = False, precision: str = "fp32") -> Throughput:
+        """The per-core rate measured for this CPU class (else the newest class measured): face crops scored
+        whole, or photos with their faces found; fp32 or INT8. `folder` may also be one results.json."""
+        import platform
+
+        from batch_job.precision import VNNI, cpu_flags
+
+        flags = cpu_flags()
+        kind = "vnni" if flags & VNNI else "avx2" if "avx2" in flags else "asimddp" if "asimddp" in flags else "base"
+        mine = folder / f"{platform.machine()}-{kind}" / "results.json"
+        candidates = [folder] if folder.suffix == ".json" else \
+            [mine] + sorted(folder.glob("*/results.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for path in candidates:
+            try:
+                results = json.loads(path.read_text())
+                if photos:
+                    rate = results["photos"][f"end_to_end_{precision}"]["photos_per_second"] / results["cpu"]["cores"]
+                else:
+                    key = "end_to_end" if precision == "fp32" else f"end_to_end_{precision}"
+                    rate = results[key]["images_per_second_per_core"]
+                where = path.parent.name if folder.suffix != ".json" else path.name
+                return cls(float(rate), f"measured by make bench ({where}; {'photos' if photos else 'face crops'}, "
+                                        f"{precision})")
+            except (OSError, KeyError, ValueError, ZeroDivisionError):
+                continue
+        return cls()
 
 
 def estimate(images: int, memory_mb: int = 2048, images_per_invocation: int = 100, prices: Prices | None = None,
@@ -68,7 +94,8 @@ def estimate(images: int, memory_mb: int = 2048, images_per_invocation: int = 10
     gpu_rate = gpu_images_per_second or throughput.per_vcpu * 4
     gpu_parts = {"compute": images / gpu_rate / 3600 * prices.gpu_instance_hour, "requests": prices.s3_put,
                  "s3_reads": s3}
-    platforms = {"lambda": lambda_parts, "batch_fargate": batch_parts, "gpu_instance": gpu_parts}
+    platforms = {"lambda": lambda_parts, "batch_fargate": batch_parts, "gpu_instance": gpu_parts,
+                 "managed_api": {"compute": images * prices.managed_api_per_image, "requests": 0.0, "s3_reads": s3}}
     return {
         "images": images, "memory_mb": memory_mb, "throughput": asdict(throughput), "prices_date": PRICES_DATE,
         "platforms": {name: {**parts, "total": sum(parts.values()),

@@ -28,32 +28,55 @@ class OutputClosed(Exception):
 
 class SpillingFile:
     """A text sink over a file that, when a write fails (full disk, file too large), copies what was
-    written so far to the system's temporary folder and carries on there."""
+    written so far to the system's temporary folder and carries on there.
+
+    Text is gathered and written in chunks of CHUNK bytes (one system call each, not one per row); what is
+    known to be on disk (`good`) only moves after a chunk is written and flushed, so a failure mid-chunk
+    loses nothing: the chunk is still in memory and is written again into the spill file.
+    """
+
+    CHUNK = 256 * 1024
 
     def __init__(self, path: str, fd: int):
         self.path = path
-        self.file = os.fdopen(fd, "wb")
+        self.file = os.fdopen(fd, "wb", buffering=0)
         self.good = 0  # bytes known to be in the file
+        self.pending: list[bytes] = []
+        self.pending_bytes = 0
         self.spilled_to: str | None = None
         self.reason = ""
 
     def write(self, text: str) -> int:
         data = text.encode("utf-8")
+        self.pending.append(data)
+        self.pending_bytes += len(data)
+        if self.pending_bytes >= self.CHUNK:
+            self.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        chunk = b"".join(self.pending)
         try:
-            self.file.write(data)
-            self.file.flush()
+            self._write_all(chunk)
         except OSError as error:
             if self.spilled_to:
                 raise DestinationError(f"cannot write {self.spilled_to} either: {error.strerror or error}") from None
             self._spill(error)
-            self.file.write(data)
-            self.file.flush()
-        self.good += len(data)
-        return len(text)
+            self._write_all(chunk)
+        self.good += len(chunk)
+        self.pending, self.pending_bytes = [], 0
+
+    def _write_all(self, chunk: bytes) -> None:
+        view = memoryview(chunk)
+        while view:
+            written = self.file.write(view)
+            view = view[written or 0:]
 
     def _spill(self, error: OSError) -> None:
         fd, fallback = tempfile.mkstemp(prefix="predictions-", suffix=".csv")
-        spill = os.fdopen(fd, "wb")
+        spill = os.fdopen(fd, "wb", buffering=0)
         with open(self.path, "rb") as written:
             spill.write(written.read(self.good))
         try:
@@ -64,7 +87,9 @@ class SpillingFile:
         self.file, self.spilled_to, self.reason = spill, fallback, error.strerror or str(error)
 
     def close(self) -> None:
-        self.file.close()
+        if not self.file.closed:
+            self.flush()
+            self.file.close()
 
 
 def _umask() -> int:

@@ -1,6 +1,8 @@
 """Where the time goes: CPU time per image of each stage of the real pipeline, on one thread.
 
-The stages are timed by wrapping the functions the pipeline itself calls (no second implementation):
+The pipeline's own per-image and per-batch functions run one after the other on one thread (so no stage's
+time is inflated by another running on the sibling core), and the stages are timed by wrapping the functions
+they call (no second implementation):
 reading (the file's bytes), decoding (decode_gray / decode_whole: the codec and the grayscale conversion),
 preprocessing (scaling for the detector and cropping the faces), detection (YuNet and its decoder), the emotion
 model (batches of 256 faces) and writing the CSV. From them, two bounds for `cores` cores:
@@ -18,11 +20,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from batch_job import analysis  # noqa: E402
+from batch_job import analysis, pipeline  # noqa: E402
 from batch_job.api import Scorer  # noqa: E402
 from batch_job.base import Item  # noqa: E402
 from batch_job.csv_output import write_all  # noqa: E402
-from batch_job.pipeline import usable_cpus  # noqa: E402
 
 STAGES = ("read", "decode", "preprocess", "detection", "emotion", "csv")
 
@@ -64,10 +65,13 @@ def breakdown(paths: list[Path], faces: str = "auto", precision: str | None = No
     if detector is not None:
         patches.append(mock.patch.object(detector, "detect", timer.wrap("detection", detector.detect)))
     items = [Item(path.name, timer.wrap("read", path.read_bytes)) for path in paths]
+    size, channels = scorer.model.card.input_size, scorer.model.card.channels
     for patch in patches:
         patch.start()
     try:
-        results = list(scorer.score_items(items, workers=1))
+        pairs = [(item, pipeline._analyse(item, faces, detector, size, channels)) for item in items]
+        results = [result for batch in pipeline._face_batches(pairs, 256)
+                   for result in pipeline._score_batch(batch, scorer.model)]
         timer.wrap("csv", lambda: write_all(results, io.StringIO()))()
     finally:
         for patch in patches:
@@ -76,7 +80,7 @@ def breakdown(paths: list[Path], faces: str = "auto", precision: str | None = No
     per_image = {stage: timer.seconds[stage] / images for stage in STAGES}
     models = per_image["detection"] + per_image["emotion"]
     total = sum(per_image.values())
-    cpus = usable_cpus()
+    cpus = pipeline.usable_cpus()
     return {"images": images, "faces": sum(len(r.faces) for r in results), "cpus": cpus, "faces_mode": faces,
             "precision": Path(str(scorer.model.path)).name,
             "cpu_ms_per_image": {k: round(v * 1000, 3) for k, v in per_image.items()},

@@ -5,12 +5,10 @@
   A pasted face counts as found when a detected box's centre lies inside it and their IoU is >= 0.3: the
   pasted square is a tight FER crop, and YuNet draws its box around the head it imagines (often past the
   square's edge), so the usual IoU >= 0.5 would count good detections as misses.
-- the bound: both models on pre-decoded inputs, one core each, per photo: the detector on its input
-  (already decoded, resized and padded) plus the emotion model on that photo's faces (batches of 256);
-  bound = cores / that time. Beside it the decode-inclusive bound (reading, decoding, resizing, cropping
-  too: cores / the whole per-photo CPU time), and each stage's share of the time.
+- the bounds and where the time goes: bench/breakdown.py (each stage of the pipeline on one thread; the
+  models-only bound and the decode-inclusive one).
 
-    python bench/photos.py [--folder bench/work/photos] [--sample 200]
+    python bench/photos.py [--folder bench/work/photos] [--sample 300]
 """
 from __future__ import annotations
 
@@ -20,20 +18,12 @@ import json
 import re
 import sys
 import tempfile
-import time
 from collections import defaultdict
 from pathlib import Path
-
-import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from batch_job import analysis  # noqa: E402
-from batch_job.faces import FaceDetector, to_input  # noqa: E402
-from batch_job.model import EmotionModel  # noqa: E402
-from batch_job.pipeline import usable_cpus  # noqa: E402
-from batch_job.preprocessing import decode_gray, displayed_size, open_image  # noqa: E402
 
 SUMMARY = re.compile(r"scored (\d+) images, (\d+) faces, (\d+) without a face, (\d+) errors, "
                      r"(\d+) skipped \(not images\) in ([\d.]+) s")
@@ -103,55 +93,6 @@ def end_to_end(folder: Path, run_measured, extra: list[str] | None = None) -> di
     return result
 
 
-def _cpu_seconds(fn) -> float:
-    started = time.thread_time()
-    fn()
-    return time.thread_time() - started
-
-
-def bound(folder: Path, sample: int = 1000) -> dict:
-    """Per-photo CPU time of each stage on one thread, and the bounds they give."""
-    paths = sorted(folder.glob("*.jpg"))[:sample] or sorted(folder.iterdir())[:sample]
-    detector = FaceDetector(parallel=1)
-    model = EmotionModel()
-    size, channels = model.card.input_size, model.card.channels
-    datas = [path.read_bytes() for path in paths]
-    # the whole per-photo path on one thread (read bytes already in memory): decode, detect, crop
-    crops, inputs = [], []
-    analyse_cpu = 0.0
-    for data in datas:
-        result: list = []
-        analyse_cpu += _cpu_seconds(lambda d=data, out=result: out.append(analysis.analyse(d, "auto", detector,
-                                                                                           size, channels)))
-        crops += [face.pixels for face in result[0].faces]
-    # the detector alone on pre-decoded, resized inputs (what analyse hands it)
-    for data in datas:
-        with open_image(data) as image:
-            width, height = displayed_size(image)
-            scale = analysis.detection_scale(width, height)
-            gray = decode_gray(image, min(1.0, scale))
-        target = (max(1, round(gray.full_size[0] * scale)), max(1, round(gray.full_size[1] * scale)))
-        inputs.append(np.asarray(gray.image.resize(target)))
-    detect_cpu = sum(_cpu_seconds(lambda x=x: detector.session.run(detector.output_names,
-                                                                     {detector.input_name: to_input(x)}))
-                     for x in inputs)
-    stacked = np.stack(crops)
-    model.predict(stacked[:256])  # warm-up
-    emotion_cpu = sum(_cpu_seconds(lambda s=start: model.predict(stacked[s:s + 256]))
-                      for start in range(0, len(stacked), 256))
-    photos, cpus = len(datas), usable_cpus()
-    per_photo = {"decode_crop_and_rest": (analyse_cpu - detect_cpu) / photos, "detection": detect_cpu / photos,
-                 "emotion": emotion_cpu / photos}
-    models_only = per_photo["detection"] + per_photo["emotion"]
-    everything = sum(per_photo.values())
-    return {"photos": photos, "faces": len(crops), "cpus": cpus,
-            "cpu_ms_per_photo": {k: round(v * 1000, 2) for k, v in per_photo.items()},
-            "share_of_time": {k: round(v / everything, 3) for k, v in per_photo.items()},
-            "bound_photos_per_second": round(cpus / models_only, 1),
-            "decode_inclusive_bound_photos_per_second": round(cpus / everything, 1),
-            "faces_per_photo": round(len(crops) / photos, 2)}
-
-
 def main() -> None:
     sys.path.insert(0, str(REPO / "bench"))
     from run import run_measured  # noqa: E402 - the bench's child-process timer
@@ -161,9 +102,10 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=1000, help="photos timed stage by stage")
     args = parser.parse_args()
     folder = Path(args.folder)
-    result = {"end_to_end": end_to_end(folder, run_measured), "bound": bound(folder, args.sample)}
-    result["fraction_of_bound"] = round(result["end_to_end"]["photos_per_second"]
-                                        / result["bound"]["bound_photos_per_second"], 3)
+    from breakdown import breakdown
+
+    result = {"end_to_end": end_to_end(folder, run_measured), "breakdown": breakdown(
+        sorted(folder.glob("*.jpg"))[: args.sample])}
     print(json.dumps(result, indent=2))
 
 

@@ -34,6 +34,22 @@ WORK = REPO / "bench" / "work"
 FER_VERSION = "22.5.1"
 
 
+def cpu_info() -> dict:
+    """The CPU model, the flags that decide INT8 speed and accuracy, and a class name for its results file."""
+    from batch_job.precision import VNNI, cpu_flags
+
+    model = "unknown"
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    flags = cpu_flags()
+    machine = platform.machine()
+    kind = "vnni" if flags & VNNI else "avx2" if "avx2" in flags else "asimddp" if "asimddp" in flags else "base"
+    return {"model": model, "machine": machine, "cores": os.cpu_count(), "class": f"{machine}-{kind}",
+            "flags": sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimd", "asimddp"})}
+
+
 def log(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
@@ -94,7 +110,8 @@ def bench_bound(model_path: Path, pixels: np.ndarray, batch_sizes=(1, 16, 64, 25
     return result
 
 
-def bench_end_to_end(folders: list[Path], model_path: Path, cpus: str | None = None, faces: str = "whole") -> dict:
+def bench_end_to_end(folders: list[Path], model_path: Path, cpus: str | None = None, faces: str = "whole",
+                     precision: str = "fp32") -> dict:
     """The CLI on face crops. --faces whole is the crop path as it was before faces existed; auto (the
     default) also runs the detector on every crop, which re-frames the face (more accurate, slower)."""
     from photos import parse_summary
@@ -102,32 +119,37 @@ def bench_end_to_end(folders: list[Path], model_path: Path, cpus: str | None = N
     with tempfile.TemporaryDirectory() as tmp:
         out, err, wall, rss = run_measured([sys.executable, "-m", "batch_job", "run", *map(str, folders), "-o",
                                             f"{tmp}/p.csv", "--model", str(model_path), "--no-progress",
-                                            "--faces", faces], cpus=cpus)
+                                            "--faces", faces, "--precision", precision], cpus=cpus)
         accuracy = evaluate(f"{tmp}/p.csv")["accuracy"]
     summary = parse_summary(err)
     images, seconds = summary["images"], summary["seconds"]
-    log(f"end to end, faces {faces}{' on CPU ' + cpus if cpus else ''}: {images / seconds:.0f} images/s "
+    log(f"end to end, faces {faces}, {precision}{' on CPU ' + cpus if cpus else ''}: {images / seconds:.0f} images/s "
         f"({images} images, wall {wall:.1f} s with start-up, peak RSS {rss:.0f} MB, accuracy {accuracy:.4f})")
-    return {"faces_mode": faces, "images": images, "errors": summary["errors"], "seconds": round(seconds, 2),
+    return {"faces_mode": faces, "precision": precision, "images": images, "errors": summary["errors"], "seconds": round(seconds, 2),
             "wall_seconds": round(wall, 2), "images_per_second": round(images / seconds, 1),
             "peak_rss_mb": round(rss, 1), "accuracy": accuracy}
 
 
-def bench_photos(data: str | None) -> dict:
-    """Faces in real-size photos: the generated set, end to end against both models' bound."""
+def bench_photos(data: str | None, precisions: list[str]) -> dict:
+    """Faces in real-size photos: the generated set, end to end in each precision, against the bounds that
+    bench/breakdown.py derives from the pipeline's own stages."""
+    import breakdown
     import photo_set
     import photos
 
     folder = WORK / "photos"
     log("building the photo set (bench/photo_set.py; cached in bench/work/photos)")
     photo_set.build(folder, 1000, 0, data)
-    result = {"end_to_end": photos.end_to_end(folder, run_measured), "bound": photos.bound(folder)}
-    e, b = result["end_to_end"], result["bound"]
-    result["fraction_of_bound"] = round(e["photos_per_second"] / b["bound_photos_per_second"], 3)
-    result["fraction_of_decode_inclusive_bound"] = round(
-        e["photos_per_second"] / b["decode_inclusive_bound_photos_per_second"], 3)
-    log(f"photos: {e['photos_per_second']:.1f} photos/s, {e['faces_per_second']:.0f} faces/s end to end; bound "
-        f"{b['bound_photos_per_second']:.1f} (decode-inclusive {b['decode_inclusive_bound_photos_per_second']:.1f})")
+    result: dict = {}
+    for precision in precisions:
+        b = result[f"breakdown_{precision}"] = breakdown.breakdown(sorted(folder.glob("*.jpg"))[:300],
+                                                                   precision=precision)
+        e = photos.end_to_end(folder, run_measured, ["--precision", precision])
+        e["fraction_of_bound"] = round(e["photos_per_second"] / b["bound_models_only"], 3)
+        e["fraction_of_decode_inclusive_bound"] = round(e["photos_per_second"] / b["bound_decode_inclusive"], 3)
+        result[f"end_to_end_{precision}"] = e
+        log(f"photos, {precision}: {e['photos_per_second']:.1f} photos/s, {e['faces_per_second']:.0f} faces/s end to "
+            f"end; bounds {b['bound_models_only']} models only, {b['bound_decode_inclusive']} decode-inclusive")
     return result
 
 
@@ -228,34 +250,16 @@ def bench_s3(folder: Path, objects: int, delays_ms=(0, 20)) -> dict:
     return result
 
 
-def bench_int8(model_path: Path, calibration: np.ndarray, validation: tuple[np.ndarray, np.ndarray]) -> dict:
-    """Static QDQ INT8 quantization calibrated on training images: speed and validation accuracy."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+def bench_int8(model_path: Path, validation: tuple[np.ndarray, np.ndarray]) -> dict | None:
+    """The shipped INT8 graph (made and chosen by python -m converter.quantize) against fp32: speed on one thread
+    and validation accuracy on this CPU (its integer kernels decide the accuracy)."""
+    from batch_job.precision import int8_info, int8_path
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter(np.array_split(calibration.astype(np.float32), 8))
-
-        def get_next(self):
-            batch = next(self.batches, None)
-            return None if batch is None else {"image": batch}
-
-    WORK.mkdir(parents=True, exist_ok=True)
-    prepared, quantized = WORK / "prepared.onnx", WORK / "emotion.int8.onnx"
-    quant_pre_process(str(model_path), str(prepared))
-    quantize_static(str(prepared), str(quantized), Reader(), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
-    import onnx
-
-    proto = onnx.load(quantized)  # keep the model card so EmotionModel can load it
-    source = onnx.load(model_path)
-    del proto.metadata_props[:]
-    proto.metadata_props.extend(source.metadata_props)
-    onnx.save(proto, quantized)
-
+    quantized = int8_path(model_path)
+    if not quantized.is_file():
+        return None
     pixels, labels = validation
-    results = {}
+    results: dict = {"made": int8_info(quantized)}
     for name, path in (("fp32", model_path), ("int8", quantized)):
         model = EmotionModel(path)
         probs = np.concatenate([model.predict(chunk) for chunk in np.array_split(pixels, 20)])
@@ -266,47 +270,85 @@ def bench_int8(model_path: Path, calibration: np.ndarray, validation: tuple[np.n
     drop = results["fp32"]["validation_accuracy"] - results["int8"]["validation_accuracy"]
     results["accuracy_drop_points"] = round(100 * drop, 2)
     results["speedup"] = round(results["int8"]["images_per_second"] / results["fp32"]["images_per_second"], 2)
-    results["ship"] = bool(drop < 0.01 and results["speedup"] > 1.0)
     log(f"INT8: {results['int8']['images_per_second']:.0f} vs fp32 {results['fp32']['images_per_second']:.0f} "
-        f"images/s, validation accuracy drop {100 * drop:.2f} points")
+        f"images/s, validation accuracy drop {100 * drop:.2f} points on this CPU")
     return results
 
 
+def _stages(b: dict) -> str:
+    ms = b["cpu_ms_per_image"]
+    return ", ".join(f"{stage} {ms[stage]:.2f}" for stage in ms)
+
+
 def markdown(results: dict) -> str:
+    """The results as tables: crops, photos, the alternatives, cold start, S3, INT8, cost."""
     bound = results["bound"]["best"]
-    cpus = os.cpu_count()
-    rows = [("bound: onnxruntime on pre-decoded batches, 1 thread", results["bound"]["threads_1"]["images_per_second"], ""),
-            (f"bound: one call on {cpus} threads", results["bound"][f"threads_{cpus}"]["images_per_second"], ""),
-            (f"bound: {cpus} single-thread calls at once (the runtime's layout)",
-             results["bound"]["parallel_calls"]["images_per_second"], "")]
+    cpu = results.get("cpu", {})
     e2e = results["end_to_end"]
-    rows.append(("`python -m batch_job run --faces whole` end to end", e2e["images_per_second"],
-                 f"{e2e['images_per_second'] / bound:.0%} of the bound; accuracy {e2e['accuracy']:.4f}"))
+    lines = [f"Measured {results['date']} on {results['machine']} (CPU class `{cpu.get('class', '?')}`, flags "
+             f"{', '.join(cpu.get('flags', [])) or 'not recorded'}).", "",
+             "| face crops (5,105 validation and test images) | images/s | notes |", "|---|---:|---|",
+             f"| bound: onnxruntime alone on pre-decoded batches (fp32, best layout) | {bound:,.1f} | |"]
+    breakdowns = results.get("crops_breakdown", {})
+    for key in sorted(k for k in breakdowns if k.startswith("whole_")):
+        w = breakdowns[key]
+        lines.append(f"| bound including reading and decoding (`--faces whole`, {key.split('_')[1]}) | "
+                     f"{w['bound_decode_inclusive']:,.1f} | CPU ms per image: {_stages(w)} |")
+    lines.append(f"| `run --faces whole`, fp32, end to end | {e2e['images_per_second']:,.1f} | "
+                 f"{e2e['fraction_of_bound']:.0%} of the onnxruntime bound"
+                 + (f", {e2e['fraction_of_decode_inclusive_bound']:.0%} of the decode-inclusive one"
+                    if "fraction_of_decode_inclusive_bound" in e2e else "") + f"; accuracy {e2e['accuracy']:.4f} |")
+    if "end_to_end_int8" in results:
+        i8 = results["end_to_end_int8"]
+        lines.append(f"| `run --faces whole`, INT8, end to end | {i8['images_per_second']:,.1f} | "
+                     f"{i8['images_per_second'] / e2e['images_per_second']:.2f}x fp32"
+                     + (f"; {i8['fraction_of_decode_inclusive_bound']:.0%} of its decode-inclusive bound"
+                        if "fraction_of_decode_inclusive_bound" in i8 else "") + f"; accuracy {i8['accuracy']:.4f} |")
     if "end_to_end_auto" in results:
         auto = results["end_to_end_auto"]
-        rows.append(("`python -m batch_job run` (faces auto: detector on every crop) end to end",
-                     auto["images_per_second"], f"{auto['images_per_second'] / e2e['images_per_second']:.2f}x of "
-                     f"--faces whole; accuracy {auto['accuracy']:.4f}"))
+        note = ""
+        if f"auto_{auto.get('precision', 'fp32')}" in breakdowns:
+            note = f"; CPU ms per image: {_stages(breakdowns['auto_' + auto.get('precision', 'fp32')])}"
+        lines.append(f"| `run` (faces auto: the detector re-frames every crop), {auto.get('precision', 'fp32')} | "
+                     f"{auto['images_per_second']:,.1f} | accuracy {auto['accuracy']:.4f}{note} |")
     if "end_to_end_one_core" in results:
-        rows.append(("end to end, pinned to one core (taskset)", results["end_to_end_one_core"]["images_per_second"],
-                     f"{results['end_to_end_one_core']['images_per_second'] / results['bound']['threads_1']['images_per_second']:.0%} of the 1-thread bound; the cost model's per-vCPU rate"))
+        lines.append(f"| `run --faces whole`, fp32, pinned to one core | "
+                     f"{results['end_to_end_one_core']['images_per_second']:,.1f} | the cost model's per-vCPU rate |")
+    best = max([e2e] + [results[k] for k in ("end_to_end_int8",) if k in results],
+               key=lambda r: r["images_per_second"])
     for key, label in (("keras_per_image", "Keras `model.predict`, one image at a time"),
                        ("keras_batched", "Keras `model.predict`, batched"),
                        ("fer_batched", "`fer` package's model (Keras, batched)")):
         if key in results:
             r = results[key]
-            rows.append((label, round(r["images_per_second"], 1),
-                         f"{e2e['images_per_second'] / r['images_per_second']:.1f}x slower than batch_job; "
-                         f"accuracy {r['accuracy']:.4f} on {r['images']} images"))
-    if "int8" in results:
+            lines.append(f"| {label} | {r['images_per_second']:,.1f} | batch_job ({best.get('precision', 'fp32')}) "
+                         f"is {best['images_per_second'] / r['images_per_second']:.1f}x faster; accuracy "
+                         f"{r['accuracy']:.4f} on {r['images']} images |")
+    if results.get("int8"):
         r = results["int8"]
-        rows.append(("INT8 (static QDQ) onnxruntime, batch 256", r["int8"]["images_per_second"],
-                     f"fp32 {r['fp32']['images_per_second']}; validation accuracy drop {r['accuracy_drop_points']} "
-                     f"points; within the bench's rule (< 1 point, faster): {'yes' if r['ship'] else 'no'} "
-                     "(fp32 is what ships)"))
-    lines = [f"Measured {results['date']} on {results['machine']}.", "",
-             "| what | images/s | notes |", "|---|---:|---|"]
-    lines += [f"| {a} | {b:,.1f} | {c} |" for a, b, c in rows]
+        made = (r.get("made") or {})
+        lines.append(f"| INT8 emotion graph alone, one thread, batch 256 | {r['int8']['images_per_second']:,.1f} | "
+                     f"fp32 {r['fp32']['images_per_second']:,.1f} ({r['speedup']}x); validation accuracy "
+                     f"{r['accuracy_drop_points']:.2f} points lower on this CPU; made as "
+                     f"{made.get('candidate', '?')} |")
+    if "photos" in results:
+        photos = results["photos"]
+        lines += ["", "| faces in photos: 1,000 photos of 1.2-12 MP (bench/photo_set.py) | photos/s | faces/s | "
+                      "notes |", "|---|---:|---:|---|"]
+        for key in sorted(k for k in photos if k.startswith("breakdown_")):
+            b, precision = photos[key], key.split("_")[1]
+            lines += [f"| bound: detector + emotion model, {precision} | {b['bound_models_only']:,.1f} | "
+                      f"{b['bound_models_only'] * b['faces'] / b['images']:,.0f} | |",
+                      f"| bound including reading, decoding, resizing, cropping and the CSV, {precision} | "
+                      f"{b['bound_decode_inclusive']:,.1f} | "
+                      f"{b['bound_decode_inclusive'] * b['faces'] / b['images']:,.0f} | CPU ms per photo: {_stages(b)} |"]
+        for key in sorted(k for k in photos if k.startswith("end_to_end_")):
+            e, m = photos[key], photos[key].get("manifest", {})
+            lines.append(f"| `run --precision {key.rsplit('_', 1)[1]}`, end to end | {e['photos_per_second']:,.1f} | "
+                         f"{e['faces_per_second']:,.0f} | {e['fraction_of_bound']:.0%} of the models-only bound, "
+                         f"{e['fraction_of_decode_inclusive_bound']:.0%} of the decode-inclusive one; pasted faces "
+                         f"found {m.get('recall', float('nan')):.1%}, emotion accuracy on them "
+                         f"{m.get('emotion_accuracy_on_found', float('nan')):.1%}; peak RSS {e['peak_rss_mb']:.0f} MB |")
     cold = results.get("cold_start", {})
     if cold:
         lines += ["", "| cold start (process start -> first prediction) | seconds | peak RSS MB |", "|---|---:|---:|"]
@@ -318,27 +360,8 @@ def markdown(results: dict) -> str:
         lines += [f"| {key.replace('delay_', '').replace('ms', ' ms')} added per GetObject | "
                   f"{r['sequential']['objects_per_second']:.0f} | {r['concurrent']['objects_per_second']:.0f} | "
                   f"{r['speedup']}x |" for key, r in s3.items() if key.startswith("delay_")]
-    if "photos" in results:
-        photos, b = results["photos"], results["photos"]["bound"]
-        e, m = photos["end_to_end"], photos["end_to_end"].get("manifest", {})
-        lines += ["", f"| faces in photos: {e['images']:,} photos of 1.2-12 MP (bench/photo_set.py), "
-                      f"{b['faces_per_photo']} faces per photo | photos/s | faces/s | notes |", "|---|---:|---:|---|",
-                  f"| bound: detector + emotion model on pre-decoded inputs | {b['bound_photos_per_second']:,.1f} | "
-                  f"{b['bound_photos_per_second'] * b['faces_per_photo']:,.0f} | CPU ms per photo: "
-                  f"detection {b['cpu_ms_per_photo']['detection']}, emotion {b['cpu_ms_per_photo']['emotion']} |",
-                  f"| bound including decoding, resizing and cropping | "
-                  f"{b['decode_inclusive_bound_photos_per_second']:,.1f} | "
-                  f"{b['decode_inclusive_bound_photos_per_second'] * b['faces_per_photo']:,.0f} | decode, resize, "
-                  f"crop: {b['cpu_ms_per_photo']['decode_crop_and_rest']} ms per photo "
-                  f"({b['share_of_time']['decode_crop_and_rest']:.0%} of the CPU time; detection "
-                  f"{b['share_of_time']['detection']:.0%}, emotion {b['share_of_time']['emotion']:.0%}) |",
-                  f"| `python -m batch_job run` end to end | {e['photos_per_second']:,.1f} | "
-                  f"{e['faces_per_second']:,.0f} | {photos['fraction_of_bound']:.0%} of the bound, "
-                  f"{photos['fraction_of_decode_inclusive_bound']:.0%} of the decode-inclusive one; pasted faces "
-                  f"found {m.get('recall', float('nan')):.1%}, emotion accuracy on them "
-                  f"{m.get('emotion_accuracy_on_found', float('nan')):.1%}; peak RSS {e['peak_rss_mb']:.0f} MB |"]
     if "cost_per_million" in results:
-        lines += ["", "| cost per million images (USD) | total | dominated by |", "|---|---:|---|"]
+        lines += ["", "| cost per million face crops, fp32 (USD) | total | dominated by |", "|---|---:|---|"]
         lines += [f"| {k} | {v['total']:.3f} | {v['dominant']} |" for k, v in results["cost_per_million"].items()]
     return "\n".join(lines) + "\n"
 
@@ -351,12 +374,15 @@ def chart(results: dict, out: Path) -> None:
 
     bars = {"bound": results["bound"]["best"],
             "batch_job\nend to end": results["end_to_end"]["images_per_second"]}
+    if "end_to_end_int8" in results:
+        bars["batch_job\nINT8"] = results["end_to_end_int8"]["images_per_second"]
     for key, label in (("keras_batched", "Keras\nbatched"), ("keras_per_image", "Keras\nper image"),
                        ("fer_batched", "fer\nbatched")):
         if key in results:
             bars[label] = results[key]["images_per_second"]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    axes[0].bar(list(bars), list(bars.values()), color=["#888"] + ["#2a7"] + ["#c63"] * (len(bars) - 2))
+    ours = sum(label.startswith("batch_job") for label in bars)
+    axes[0].bar(list(bars), list(bars.values()), color=["#888"] + ["#2a7"] * ours + ["#c63"] * (len(bars) - 1 - ours))
     axes[0].set_yscale("log")
     axes[0].set_ylabel("images/s (log scale)")
     axes[0].set_title(f"Throughput on {os.cpu_count()} CPU cores")
@@ -380,29 +406,50 @@ def chart(results: dict, out: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="dataset folder (default $EMOTION_DATA_DIR or ../shared/data/...)")
-    parser.add_argument("--out", type=Path, default=REPO / "bench")
+    parser.add_argument("--out", type=Path, help="folder for the results (default bench/results/<CPU class>/)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["keras", "fer", "s3", "int8", "photos"])
     args = parser.parse_args()
+    import breakdown
+
+    from batch_job.precision import int8_path
+
     root = data_dir(args.data)
     folders = [root / "validation", root / "test"]  # 5,105 images
     model_path = default_model_path()
+    cpu = cpu_info()
+    out = args.out or REPO / "bench" / "results" / cpu["class"]
+    precisions = ["fp32", "int8"] if int8_path(model_path).is_file() and "int8" not in args.skip else ["fp32"]
     results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+               "machine": f"{cpu['model']}, {cpu['cores']} cores", "cpu": cpu,
                "model": os.path.relpath(model_path, REPO)}
 
+    log(f"CPU class {cpu['class']} ({cpu['model']}; {', '.join(cpu['flags'])})")
     log("decoding validation + test images for the bound")
     validation = list_split(root, "validation")
     pixels = load_pixels(validation.paths)
     results["bound"] = bench_bound(model_path, pixels)
+    crops = sorted(p for folder in folders for p in folder.glob("*/*.jpg"))
+    results["crops_breakdown"] = {f"{faces}_{precision}": breakdown.breakdown(crops[::5], faces, precision)
+                                  for faces in ("whole", "auto") for precision in precisions}
     results["end_to_end"] = bench_end_to_end(folders, model_path)
     results["end_to_end"]["images_per_second_per_core"] = bench_end_to_end(folders, model_path, cpus="0")[
         "images_per_second"]
     results["end_to_end_one_core"] = {"images_per_second": results["end_to_end"]["images_per_second_per_core"]}
     bound = results["bound"]["best"]
     results["end_to_end"]["fraction_of_bound"] = round(results["end_to_end"]["images_per_second"] / bound, 3)
-    results["end_to_end_auto"] = bench_end_to_end(folders, model_path, faces="auto")
+    results["end_to_end"]["fraction_of_decode_inclusive_bound"] = round(
+        results["end_to_end"]["images_per_second"] / results["crops_breakdown"]["whole_fp32"]["bound_decode_inclusive"], 3)
+    if "int8" in precisions:
+        results["end_to_end_int8"] = bench_end_to_end(folders, model_path, precision="int8")
+        results["end_to_end_int8"]["images_per_second_per_core"] = bench_end_to_end(
+            folders, model_path, cpus="0", precision="int8")["images_per_second"]
+        results["end_to_end_int8"]["fraction_of_decode_inclusive_bound"] = round(
+            results["end_to_end_int8"]["images_per_second"]
+            / results["crops_breakdown"]["whole_int8"]["bound_decode_inclusive"], 3)
+    results["end_to_end_auto"] = bench_end_to_end(folders, model_path, faces="auto",
+                                                  precision=precisions[-1])
     if "photos" not in args.skip:
-        results["photos"] = bench_photos(args.data)
+        results["photos"] = bench_photos(args.data, precisions)
 
     results["cold_start"] = {"batch_job (onnxruntime)": bench_cold_start(validation.paths[0])}
     keras_model = model_path.with_suffix(".keras")
@@ -418,19 +465,17 @@ def main() -> int:
     if "s3" not in args.skip:
         results["s3"] = bench_s3(root / "validation", objects=600)
     if "int8" not in args.skip:
-        train = list_split(root, "train")
-        calibration = load_pixels(train.paths[:: len(train.paths) // 512][:512])
-        results["int8"] = bench_int8(model_path, calibration, (pixels, validation.labels))
+        results["int8"] = bench_int8(model_path, (pixels, validation.labels))
 
     from batch_job.cost import Throughput, estimate
 
     cost = estimate(1_000_000, throughput=Throughput(results["end_to_end"]["images_per_second_per_core"],
                                                      "measured by make bench"))
     results["cost_per_million"] = cost["platforms"]
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / "results.md").write_text(markdown(results))
-    chart(results, args.out / "performance.png")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.md").write_text(markdown(results))
+    chart(results, out / "performance.png")
     print(markdown(results))
     return 0
 

@@ -47,3 +47,29 @@ def test_cost_command_prints_every_platform(capsys):
     out = capsys.readouterr().out
     for name in ("lambda", "batch_fargate", "gpu_instance", "dominated by"):
         assert name in out
+
+
+def test_throughput_is_read_for_this_cpu_class_photos_or_crops_and_precision(tmp_path, monkeypatch):
+    from batch_job import precision
+
+    for kind, rate in (("x86_64-vnni", 900.0), ("x86_64-avx2", 400.0)):
+        (tmp_path / kind).mkdir()
+        (tmp_path / kind / "results.json").write_text(json.dumps({
+            "cpu": {"cores": 2},
+            "end_to_end": {"images_per_second_per_core": rate},
+            "end_to_end_int8": {"images_per_second_per_core": 2 * rate},
+            "photos": {"end_to_end_fp32": {"photos_per_second": rate / 10}}}))
+    monkeypatch.setattr("platform.machine", lambda: "x86_64")
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2"})
+    assert Throughput.from_bench(tmp_path).per_vcpu == 400.0  # this machine's class, not the newest file
+    assert Throughput.from_bench(tmp_path, precision="int8").per_vcpu == 800.0
+    assert Throughput.from_bench(tmp_path, photos=True).per_vcpu == 20.0  # 40 photos/s on 2 cores
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2", "avx512_vnni"})
+    assert Throughput.from_bench(tmp_path).per_vcpu == 900.0
+
+
+def test_the_estimate_shows_what_a_managed_api_would_charge():
+    result = estimate(1_000_000, throughput=Throughput(500))
+    managed = result["platforms"]["managed_api"]
+    assert managed["compute"] == pytest.approx(1_000.0)  # $0.001 an image
+    assert managed["total"] > 100 * result["platforms"]["lambda"]["total"]

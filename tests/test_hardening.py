@@ -221,18 +221,15 @@ def test_a_full_disk_mid_run_keeps_the_complete_csv_elsewhere_and_says_where(fol
                                                                            monkeypatch, capsys):
     from batch_job import destinations
 
-    real_write = destinations.SpillingFile.write
-    calls = [0]
+    real_write_all = destinations.SpillingFile._write_all
 
-    def write(self, text):
-        calls[0] += 1
-        if calls[0] == 3 and not self.spilled_to:
-            self.file.write(text[:5].encode())  # half a row, then the disk is full
-            self.file.flush()
-            self._spill(OSError(errno.ENOSPC, "No space left on device"))
-        return real_write(self, text)
+    def write_all(self, chunk):
+        if self.spilled_to is None:
+            self.file.write(chunk[: len(chunk) // 2])  # half of it lands, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write_all(self, chunk)
 
-    monkeypatch.setattr(destinations.SpillingFile, "write", write)
+    monkeypatch.setattr(destinations.SpillingFile, "_write_all", write_all)
     out = tmp_path / "out.csv"
     assert main(["run", str(folder), "--model", str(tiny_model), "-o", str(out)]) == 1
     err = capsys.readouterr().err
