@@ -8,7 +8,7 @@ OUTPUT ?= predictions.csv
 CONFIG ?= trainer/configs/vgg_bn_aug.toml
 RUN ?= runs/vgg_bn_aug
 
-.PHONY: setup setup-deploy run test train export bench validate deploy clean
+.PHONY: setup setup-deploy run test train export quantize bench validate deploy clean
 
 setup: $(VENV)/.installed setup-deploy
 
@@ -48,6 +48,10 @@ train: $(VENV)/.installed
 
 export: $(VENV)/.installed
 	$(PY) -m converter $(RUN) --output models/emotion.onnx
+
+# INT8 graphs, measured on the splits and the photos before they ship (models/*.int8.onnx, models/int8.json).
+quantize: $(VENV)/.installed
+	$(PY) -m converter.quantize
 
 clean:
 	rm -rf $(VENV) $(DEPLOY_VENV) .pytest_cache predictions.csv

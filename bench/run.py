@@ -294,16 +294,17 @@ def markdown(results: dict) -> str:
         w = breakdowns[key]
         lines.append(f"| bound including reading and decoding (`--faces whole`, {key.split('_')[1]}) | "
                      f"{w['bound_decode_inclusive']:,.1f} | CPU ms per image: {_stages(w)} |")
-    lines.append(f"| `run --faces whole`, fp32, end to end | {e2e['images_per_second']:,.1f} | "
-                 f"{e2e['fraction_of_bound']:.0%} of the onnxruntime bound"
-                 + (f", {e2e['fraction_of_decode_inclusive_bound']:.0%} of the decode-inclusive one"
-                    if "fraction_of_decode_inclusive_bound" in e2e else "") + f"; accuracy {e2e['accuracy']:.4f} |")
+    def row(label: str, run: dict, note: str) -> str:
+        inclusive = run.get("fraction_of_decode_inclusive_bound")
+        share = f"; {inclusive:.0%} of its decode-inclusive bound" if inclusive is not None else ""
+        return f"| {label} | {run['images_per_second']:,.1f} | {note}{share}; accuracy {run['accuracy']:.4f} |"
+
+    lines.append(row("`run --faces whole`, fp32, end to end", e2e,
+                     f"{e2e['fraction_of_bound']:.0%} of the onnxruntime bound"))
     if "end_to_end_int8" in results:
         i8 = results["end_to_end_int8"]
-        lines.append(f"| `run --faces whole`, INT8, end to end | {i8['images_per_second']:,.1f} | "
-                     f"{i8['images_per_second'] / e2e['images_per_second']:.2f}x fp32"
-                     + (f"; {i8['fraction_of_decode_inclusive_bound']:.0%} of its decode-inclusive bound"
-                        if "fraction_of_decode_inclusive_bound" in i8 else "") + f"; accuracy {i8['accuracy']:.4f} |")
+        lines.append(row("`run --faces whole`, INT8, end to end", i8,
+                         f"{i8['images_per_second'] / e2e['images_per_second']:.2f}x fp32"))
     if "end_to_end_auto" in results:
         auto = results["end_to_end_auto"]
         note = ""
