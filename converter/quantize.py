@@ -14,6 +14,7 @@ model card plus an `int8` section that says how it was made and what was measure
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import tempfile
@@ -52,8 +53,10 @@ class Batches(CalibrationDataReader):
 
 def quantize(source: Path, target: Path, name: str, batches: list[np.ndarray], weights: QuantType,
              reduce_range: bool, method: CalibrationMethod) -> None:
-    """One static QDQ quantization of `source` into `target`, keeping source's metadata (the model card)."""
-    with tempfile.TemporaryDirectory() as tmp:
+    """One static QDQ quantization of `source` into `target`, keeping source's metadata (the model card).
+    Runs inside a temporary folder: onnxruntime's calibration leaves scratch files in the working folder."""
+    source, target = source.resolve(), target.resolve()
+    with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
         prepared = Path(tmp) / "prepared.onnx"
         model = onnx.load(str(source))
         if max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) < 13:
