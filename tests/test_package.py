@@ -26,9 +26,16 @@ from tests.conftest import REPO, SHARED_PHOTOS, face_like, needs_photos
 def installed(tmp_path_factory) -> Path:
     """A fresh virtualenv with the wheel installed (--no-deps: the runtime dependencies come from this test
     run's environment through a .pth file, so no network is needed). Returns its bin folder."""
+    import shutil
+
     work = tmp_path_factory.mktemp("wheel")
+    leftovers = [REPO / "build", REPO / "emotion_batch_scoring.egg-info"]
+    existed = {path: path.exists() for path in leftovers}
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                             "-w", str(work / "dist"), str(REPO)], capture_output=True, text=True, timeout=300)
+    for path in leftovers:  # setuptools builds inside the source tree: leave the checkout as it was
+        if not existed[path]:
+            shutil.rmtree(path, ignore_errors=True)
     assert built.returncode == 0, built.stderr[-2000:]
     (wheel,) = (work / "dist").glob("emotion_batch_scoring-*.whl")
     env_dir = work / "env"
