@@ -23,7 +23,6 @@ from batch_job.faces import DETECT_SIZE, Face, FaceDetector
 from batch_job.preprocessing import (
     FACE_CROP_SCALE,
     GrayImage,
-    ImageError,
     crop_face,
     decode_cost,
     decode_gray,
@@ -80,16 +79,14 @@ def analyse(data: bytes | Image.Image, mode: str, detector: FaceDetector | None,
         return _whole(image, width, height, size, channels)
     assert detector is not None  # checked above; tells the type checker too
     scale = detection_scale(width, height)
-    finer = False
     with DECODES.hold(decode_cost(image, min(1.0, scale))):
         gray = decode_gray(image, min(1.0, scale))
         del image
         faces = _detect(gray, scale, detector)
         if faces:
             smallest_crop = min(FACE_CROP_SCALE * max(face.width, face.height) for face in faces)  # full-size px
-            finer = gray.scale < 1 and smallest_crop * gray.scale < MIN_CROP_RESOLUTION * size
-            if not finer:
-                return Analysis(_crops(gray, faces, size, channels))
+            if gray.scale >= 1 or smallest_crop * gray.scale >= MIN_CROP_RESOLUTION * size:
+                return Analysis(_crops(gray, faces, size, channels))  # this decode has pixels enough
         del gray
     # Past here the first reservation is released: a thread never waits for budget while holding some.
     if not faces:
@@ -136,7 +133,3 @@ def _clipped_box(face: Face, width: int, height: int) -> tuple[int, int, int, in
     right = min(width, math.floor(face.left + face.width + 0.5))
     bottom = min(height, math.floor(face.top + face.height + 0.5))
     return left, top, max(0, right - left), max(0, bottom - top)
-
-
-__all__ = ["Analysis", "FaceCrop", "FACE_MODES", "DEFAULT_FACE_MODE", "NO_FACE", "SMALL_IMAGE", "analyse",
-           "ImageError"]

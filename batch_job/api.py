@@ -109,4 +109,4 @@ def score(sources: str | os.PathLike | Iterable[str | os.PathLike], **options) -
     return list(Scorer(**options).score(sources))
 
 
-__all__ = ["Scorer", "score", "ImageResult", "FaceResult", "Path"]
+__all__ = ["Scorer", "score", "ImageResult", "FaceResult"]

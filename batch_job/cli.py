@@ -22,7 +22,7 @@ from batch_job import bulk_cli
 from batch_job.analysis import DEFAULT_FACE_MODE, FACE_MODES
 from batch_job.base import BatchJobError, DestinationError, is_s3_url
 from batch_job.csv_output import FORMATS, Totals, format_for, write_all
-from batch_job.destinations import Destination, OutputClosed, open_destination
+from batch_job.destinations import OutputClosed, open_destination
 from batch_job.model import default_model_path
 from batch_job.precision import PRECISIONS
 from batch_job.shard import in_shard, output_for, shard_argument
@@ -308,4 +308,4 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signum, handler)
 
 
-__all__ = ["main", "score", "FatalError", "Destination"]
+__all__ = ["main", "score", "FatalError"]
