@@ -419,3 +419,14 @@ def test_no_oserror_escapes_as_a_traceback(tmp_path, tiny_model):
                  ["run", str(tmp_path), "--model", str(tmp_model), "-o", "/dev/null/x/y.csv"]):
         result = run_cli(*args)
         assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+
+
+def test_peak_memory_stays_under_the_documented_bound_with_32_workers_on_huge_images(tmp_path):
+    """README: peak RSS is about 250 MB plus DECODE_BUDGET_MB (bench/memory.py measures the full set)."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import memory
+
+    memory.build(tmp_path, pngs=3, jpegs=1)  # 49 MP RGBA PNGs (374 MB each to decode) and a 100 MP JPEG
+    result = memory.measure(tmp_path, budget_mb=512, workers=32)
+    assert result["exit_status"] == 0 and result["rows"] == 4 and result["refused"] == 0  # all scored
+    assert result["peak_rss_mb"] < 250 + 512 + 100, result
