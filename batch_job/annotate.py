@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from batch_job.base import S3_SCHEME
 from batch_job.pipeline import ImageResult
-from batch_job.preprocessing import CLASSES, open_image
+from batch_job.preprocessing import open_image
 from batch_job.sources import Item
 
 COLORS = {"happy": (255, 196, 0), "neutral": (160, 160, 160), "sad": (30, 120, 255), "surprise": (235, 60, 200)}
@@ -48,10 +48,9 @@ def draw(data: bytes, result: ImageResult) -> Image.Image:
     for face in result.faces:
         left, top, width, height = (value * factor for value in face.box)
         font = ImageFont.load_default(size=min(largest_font, max(10, round(width / 4))))  # fits crowds too
-        emotion = CLASSES[int(face.probabilities.argmax())]
-        color = COLORS.get(emotion, (255, 0, 0))
+        color = COLORS.get(face.emotion, (255, 0, 0))
         canvas.rectangle((left, top, left + width, top + height), outline=color, width=line)
-        label = f"{emotion} {face.probabilities.max():.2f}"
+        label = f"{face.emotion} {face.confidence:.2f}"
         text_box = canvas.textbbox((left, top), label, font=font)
         text_height = text_box[3] - text_box[1]
         y = top - text_height - 2 * line if top - text_height - 2 * line >= 0 else top + height

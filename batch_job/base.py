@@ -9,12 +9,19 @@ Two kinds of failure, never mixed:
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 S3_SCHEME = "s3://"
+MAX_KEY_BYTES = 1024  # S3's limit on an object key
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (honours taskset and container CPU sets, unlike os.cpu_count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def models_dir() -> Path:

@@ -17,16 +17,14 @@ the batch raises TransientS3Error, writes nothing, and the state machine retries
 """
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from urllib.parse import unquote_plus
 
 from batch_job import bulk_run, s3
-from batch_job.analysis import NO_FACE
+from batch_job.csv_output import Totals
 from batch_job.events import EventError, S3Object
 from batch_job.handler import Config, csv_text, get_model, named, score_objects
 from batch_job.preprocessing import is_image_path
@@ -90,18 +88,6 @@ def part_name(objects: Iterable[S3Object]) -> str:
     return f"part-{digest[:24]}.csv"
 
 
-def count_rows(text: str) -> tuple[int, int]:
-    """(rows, error rows) of a CSV text, read from its own header: whatever columns the CSV has today."""
-    reader = csv.reader(io.StringIO(text))
-    header = next(reader, [])
-    error_column = header.index("error")
-    rows = errors = 0
-    for row in reader:
-        rows += 1
-        errors += bool(row[error_column]) and row[error_column] != NO_FACE  # a faceless image is no error
-    return rows, errors
-
-
 def score_batch(event: dict, model, config: Config) -> dict:
     """Score one batch into its part. Returns the part's URL (None when nothing in it was an image)."""
     from botocore.exceptions import BotoCoreError, ClientError
@@ -126,9 +112,8 @@ def score_batch(event: dict, model, config: Config) -> dict:
         if s3.is_transient(error):
             raise TransientS3Error(f"cannot write s3://{out_bucket}/{key}: {s3.describe(error)}") from None
         raise
-    rows = sum(max(1, len(p.faces)) for p in predictions)  # one record per face, else one per image
-    errors = sum(p.failed for p in predictions)  # an image without a face is no error
-    return {**result, "part": f"s3://{out_bucket}/{key}", "rows": rows, "errors": errors}
+    totals = Totals.of(predictions)  # an image without a face is a row, not an error
+    return {**result, "part": f"s3://{out_bucket}/{key}", "rows": totals.rows, "errors": totals.errors}
 
 
 def handler(event: dict, context: object = None) -> dict:

@@ -55,11 +55,9 @@ def to_rows(result: ImageResult) -> list[list[str]]:
         return [[result.path, number, *([""] * (len(COLUMNS) - 3)), result.error]]
     rows = []
     for face in result.faces:
-        probs = face.probabilities
-        best = int(probs.argmax())
         score = "" if face.score is None else f"{face.score:.4f}"
-        rows.append([result.path, str(face.number), *map(str, face.box), score, CLASSES[best], f"{probs[best]:.6f}",
-                     *(f"{p:.6f}" for p in probs), ""])
+        rows.append([result.path, str(face.number), *map(str, face.box), score, face.emotion, f"{face.confidence:.6f}",
+                     *(f"{p:.6f}" for p in face.probabilities), ""])
     return rows
 
 
@@ -72,11 +70,23 @@ class Totals:
     errors: int = 0
     skipped: int = 0  # files left out because their names are not image names
 
+    @classmethod
+    def of(cls, results: Iterable[ImageResult]) -> Totals:
+        totals = cls()
+        for result in results:
+            totals.add(result)
+        return totals
+
     def add(self, result: ImageResult) -> None:
         self.images += 1
         self.faces += len(result.faces)
         self.no_face += not result.faces and not result.failed
         self.errors += result.failed
+
+    @property
+    def rows(self) -> int:
+        """Records written: one per face, one per image without a face, one per error."""
+        return self.faces + self.no_face + self.errors
 
     def __str__(self) -> str:
         return (f"{self.images} images, {self.faces} faces, {self.no_face} without a face, "

@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
-from batch_job.base import S3_SCHEME, is_s3_url
+from batch_job.base import MAX_KEY_BYTES, S3_SCHEME, is_s3_url
 
 S3_TEST_EVENT = "s3:TestEvent"
 
@@ -141,9 +141,6 @@ def prefix_request(event: dict, output_bucket: str = "", output_prefix: str = ""
         if output_bucket and not output.startswith(allowed):
             raise EventError(f"'output' must be inside {allowed} (the function's output area), not {output!r}")
     return source, output
-
-
-MAX_KEY_BYTES = 1024  # S3's limit on an object key
 
 
 def output_name(objects: list[S3Object] | tuple[S3Object, ...], prefix: str = "") -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from batch_job.base import ModelError, models_dir
+from batch_job.base import ModelError, models_dir, usable_cpus
 
 STRIDES = (8, 16, 32)
 DETECT_SIZE = 640  # the longest side an image is scaled to before detection (YuNet's own examples)
@@ -151,7 +151,7 @@ class FaceDetector:
             raise DetectorError(f"{self.path} is not a YuNet face detector (outputs {self.output_names})")
         self.input_name = self.session.get_inputs()[0].name
         self.threshold, self.nms_iou = threshold, nms_iou
-        self._slots = threading.BoundedSemaphore(parallel or _usable_cpus())
+        self._slots = threading.BoundedSemaphore(parallel or usable_cpus())
 
     def detect(self, pixels: np.ndarray) -> list[Face]:
         """Faces in a uint8 gray (H, W) or RGB (H, W, 3) image, in its pixel coordinates, best score first.
@@ -173,6 +173,3 @@ class FaceDetector:
                               tuple((float(x), float(y)) for x, y in marks[index])))
         return faces
 
-
-def _usable_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -158,10 +158,7 @@ def named(name: str, fmt: str) -> str:
 
 
 def _summary(output: str | None, results: list[ImageResult]) -> dict:
-    totals = Totals()
-    for result in results:
-        totals.add(result)
-    return {"output": output, **vars(totals)}
+    return {"output": output, **vars(Totals.of(results))}
 
 
 def handle_s3_event(event: dict, model: EmotionModel, config: Config) -> dict:

@@ -9,7 +9,6 @@ is scored in full batches, and a group photo's faces go through together.
 from __future__ import annotations
 
 import logging
-import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -19,7 +18,7 @@ from itertools import islice
 import numpy as np
 
 from batch_job.analysis import DEFAULT_FACE_MODE, NO_FACE, Analysis, analyse
-from batch_job.base import InputError, Item
+from batch_job.base import InputError, Item, usable_cpus  # noqa: F401 - usable_cpus: bench uses it from here
 from batch_job.budget import READS
 from batch_job.faces import FaceDetector
 from batch_job.model import EmotionModel
@@ -111,11 +110,6 @@ def decoded(items: Iterable[Item], decode: Callable[[Item], Analysis], workers: 
 
 def _decode_all(decode: Callable[[Item], Analysis], group: list[Item]) -> list[Analysis]:
     return [decode(item) for item in group]
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (honours taskset and container CPU sets, unlike os.cpu_count)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _score_batch(batch: list[tuple[Item, Analysis]], model: EmotionModel) -> list[ImageResult]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
-from batch_job.base import S3_SCHEME, DestinationError, Item, ReadError, SourceError, is_s3_url  # noqa: F401
+from batch_job.base import MAX_KEY_BYTES, S3_SCHEME, DestinationError, Item, ReadError, SourceError, is_s3_url  # noqa: F401
 from batch_job.budget import READS
 from batch_job.local import MAX_INPUT_BYTES, WalkStats
 from batch_job.preprocessing import is_image_path
@@ -19,7 +19,6 @@ from batch_job.preprocessing import is_image_path
 SCHEME = S3_SCHEME
 S3_WORKERS = 32  # fetch threads for S3 sources: requests are latency-bound, not CPU-bound
 MAX_POOL_CONNECTIONS = 64
-MAX_KEY_BYTES = 1024  # S3's limit on an object key
 MAX_OBJECT_BYTES = MAX_INPUT_BYTES  # the same cap as local files; larger objects become error rows
 # What S3 says when it means "later" (after botocore's own retries), rather than something about the object.
 TRANSIENT_CODES = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "RequestTimeoutException",

@@ -15,8 +15,6 @@ from batch_job.base import S3_SCHEME, Item, SourceError, is_s3_url  # noqa: F401
 from batch_job.local import WalkStats, local_items
 from batch_job.preprocessing import is_image_path
 
-is_s3 = is_s3_url
-
 
 def _is_single_s3_object(url: str) -> bool:
     key = url[len(S3_SCHEME):].partition("/")[2]
@@ -25,15 +23,15 @@ def _is_single_s3_object(url: str) -> bool:
 
 def _covers(outer: str, inner: str) -> bool:
     """Whether every input of `inner` is also an input of `outer` (both already normalised)."""
-    if is_s3(outer) != is_s3(inner):
+    if is_s3_url(outer) != is_s3_url(inner):
         return False
-    if is_s3(outer):
+    if is_s3_url(outer):
         return not _is_single_s3_object(outer) and inner.startswith(outer)
     return os.path.isdir(outer) and inner.startswith(outer.rstrip("/") + "/")
 
 
 def _normalised(source: str) -> str:
-    if is_s3(source):
+    if is_s3_url(source):
         return source
     try:
         return os.path.realpath(source)
@@ -53,7 +51,7 @@ class Sources:
         """Every input, in order; with several sources each path keeps its source as a prefix."""
         several = len(self.kept) > 1
         for source in self.kept:
-            if is_s3(source):
+            if is_s3_url(source):
                 from batch_job.s3 import s3_items
 
                 yield from s3_items(source, full_url=several, stats=self.stats)

@@ -189,9 +189,17 @@ def test_malformed_batches_are_rejected_with_a_reason(event):
         parse_batch(event)
 
 
-def test_count_rows_reads_the_error_column_from_the_header():
-    text = "error,path\n,a.png\nbroken,b.png\n"
-    assert bulk.count_rows(text) == (2, 1)
+def test_a_batch_counts_a_row_per_face_and_no_face_rows_are_not_errors():
+    import numpy as np
+
+    from batch_job.analysis import NO_FACE
+    from batch_job.csv_output import Totals
+    from batch_job.pipeline import FaceResult, ImageResult
+
+    face = FaceResult(1, (0, 0, 1, 1), 0.9, np.full(4, 0.25))
+    totals = Totals.of([ImageResult("a.png", (face, face)), ImageResult("b.png", error="broken"),
+                        ImageResult("c.png", error=NO_FACE)])
+    assert (totals.rows, totals.errors) == (4, 1)
 
 
 # ---- the final step and merge ----
