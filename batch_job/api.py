@@ -42,23 +42,27 @@ class Scorer:
                  precision: str | None = None):
         """precision: 'fp32', 'int8' or 'auto' (default: $PRECISION, else auto: INT8 where this CPU runs it
         accurately, batch_job.precision)."""
-        if faces not in FACE_MODES:
-            raise ValueError(f"faces must be one of {', '.join(FACE_MODES)}, not {faces!r}")
-        self.model = EmotionModel(choose(precision, Path(model) if model else default_model_path()))
-        self.detector = FaceDetector(choose(precision, Path(detector) if detector else default_detector_path(),
-                                            required=False)) if faces != "whole" else None
-        self.faces, self.batch_size, self.workers = faces, batch_size, workers
+        _check_mode(faces)  # before loading anything
+        self._bind(EmotionModel(choose(precision, Path(model) if model else default_model_path())),
+                   FaceDetector(choose(precision, Path(detector) if detector else default_detector_path(),
+                                       required=False)) if faces != "whole" else None,
+                   faces, batch_size, workers)
 
     @classmethod
     def from_loaded(cls, model: EmotionModel, detector: FaceDetector | None, faces: str = DEFAULT_FACE_MODE,
                     batch_size: int = 256, workers: int | None = None) -> Scorer:
         """A Scorer over models already loaded (a Lambda container keeps its own across invocations)."""
         scorer = cls.__new__(cls)
-        if faces not in FACE_MODES or (faces != "whole" and detector is None):
-            raise ValueError(f"face mode {faces!r} needs one of {', '.join(FACE_MODES)} and, unless whole, a detector")
-        scorer.model, scorer.detector = model, detector if faces != "whole" else None
-        scorer.faces, scorer.batch_size, scorer.workers = faces, batch_size, workers
+        scorer._bind(model, detector, faces, batch_size, workers)
         return scorer
+
+    def _bind(self, model: EmotionModel, detector: FaceDetector | None, faces: str, batch_size: int,
+              workers: int | None) -> None:
+        _check_mode(faces)
+        if faces != "whole" and detector is None:
+            raise ValueError(f"face mode {faces!r} needs a face detector")
+        self.model, self.detector = model, detector if faces != "whole" else None
+        self.faces, self.batch_size, self.workers = faces, batch_size, workers
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -83,6 +87,11 @@ class Scorer:
     def score_image(self, image: InMemory, name: str = "image") -> ImageResult:
         """One image in memory -> its result."""
         return next(self.score_images([image], [name]))
+
+
+def _check_mode(faces: str) -> None:
+    if faces not in FACE_MODES:
+        raise ValueError(f"faces must be one of {', '.join(FACE_MODES)}, not {faces!r}")
 
 
 def _reader(image: InMemory):

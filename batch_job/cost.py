@@ -44,13 +44,9 @@ class Throughput:
     def from_bench(cls, folder: Path = BENCH_RESULTS, photos: bool = False, precision: str = "fp32") -> Throughput:
         """The per-core rate measured for this CPU class (else the newest class measured): face crops scored
         whole, or photos with their faces found; fp32 or INT8. `folder` may also be one results.json."""
-        import platform
+        from batch_job.precision import cpu_class
 
-        from batch_job.precision import VNNI, cpu_flags
-
-        flags = cpu_flags()
-        kind = "vnni" if flags & VNNI else "avx2" if "avx2" in flags else "asimddp" if "asimddp" in flags else "base"
-        mine = folder / f"{platform.machine()}-{kind}" / "results.json"
+        mine = folder / cpu_class() / "results.json"
         candidates = [folder] if folder.suffix == ".json" else \
             [mine] + sorted(folder.glob("*/results.json"), key=lambda p: p.stat().st_mtime, reverse=True)
         for path in candidates:

@@ -31,6 +31,13 @@ def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
     return set()
 
 
+def cpu_class() -> str:
+    """'<machine>-<kind>': the class of CPU a benchmark's results belong to (bench/results/<class>/)."""
+    flags = cpu_flags()
+    kind = "vnni" if flags & VNNI else "avx2" if "avx2" in flags else "asimddp" if "asimddp" in flags else "base"
+    return f"{platform.machine()}-{kind}"
+
+
 def int8_info(path: Path) -> dict | None:
     """The `int8` section of an INT8 graph's model card (how it was made, what was measured), or None."""
     if not path.is_file():

@@ -36,7 +36,7 @@ FER_VERSION = "22.5.1"
 
 def cpu_info() -> dict:
     """The CPU model, the flags that decide INT8 speed and accuracy, and a class name for its results file."""
-    from batch_job.precision import VNNI, cpu_flags
+    from batch_job.precision import cpu_class, cpu_flags
 
     model = "unknown"
     try:
@@ -44,9 +44,7 @@ def cpu_info() -> dict:
     except (OSError, StopIteration):
         pass
     flags = cpu_flags()
-    machine = platform.machine()
-    kind = "vnni" if flags & VNNI else "avx2" if "avx2" in flags else "asimddp" if "asimddp" in flags else "base"
-    return {"model": model, "machine": machine, "cores": os.cpu_count(), "class": f"{machine}-{kind}",
+    return {"model": model, "machine": platform.machine(), "cores": os.cpu_count(), "class": cpu_class(),
             "flags": sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimd", "asimddp"})}
 
 
