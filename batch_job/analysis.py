@@ -118,14 +118,20 @@ def _crops(gray: GrayImage, faces: list[Face], size: int, channels: int) -> tupl
     return tuple(crops)
 
 
-def _detect(gray: GrayImage, scale: float, detector: FaceDetector) -> list[Face]:
-    """Faces in full-size displayed pixels."""
+def detection_input(gray: GrayImage, scale: float) -> np.ndarray:
+    """The decoded image as the detector sees it: `scale` x its full displayed size, uint8 (H, W)."""
     full_width, full_height = gray.full_size
     target = (max(1, round(full_width * scale)), max(1, round(full_height * scale)))
     small = gray.image if gray.image.size == target else gray.image.resize(
         target, Image.Resampling.BILINEAR, reducing_gap=3.0)
-    back = full_width / target[0]
-    return [face.scaled(back) for face in detector.detect(np.asarray(small))]
+    return np.asarray(small)
+
+
+def _detect(gray: GrayImage, scale: float, detector: FaceDetector) -> list[Face]:
+    """Faces in full-size displayed pixels."""
+    pixels = detection_input(gray, scale)
+    back = gray.full_size[0] / pixels.shape[1]
+    return [face.scaled(back) for face in detector.detect(pixels)]
 
 
 def _clipped_box(face: Face, width: int, height: int) -> tuple[int, int, int, int]:

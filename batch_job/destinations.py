@@ -92,6 +92,18 @@ class SpillingFile:
             self.file.close()
 
 
+def _finish(sink: SpillingFile, keep: bool, tmp: str) -> None:
+    """After a write: close the sink, and unless the CSV was kept for the user, remove its temporary files."""
+    try:
+        sink.close()
+    except (OSError, DestinationError):
+        pass
+    if not keep:
+        for leftover in (tmp, sink.spilled_to):
+            if leftover and os.path.exists(leftover):
+                os.unlink(leftover)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -177,14 +189,7 @@ class LocalDestination(Destination):
                 raise DestinationError(f"cannot write {self.dest}: {error.strerror or error}; the complete CSV "
                                        f"is at {self.tmp}") from None
         finally:
-            if not keep:
-                for leftover in (self.tmp, sink.spilled_to):
-                    if leftover and os.path.exists(leftover):
-                        os.unlink(leftover)
-            try:
-                sink.close()
-            except OSError:
-                pass
+            _finish(sink, keep, self.tmp)
 
 
 class S3Destination(Destination):
@@ -211,10 +216,7 @@ class S3Destination(Destination):
                 keep = True
                 raise DestinationError(f"{error}; the complete CSV is kept at {local}") from None
         finally:
-            if not keep:
-                for leftover in (tmp, sink.spilled_to):
-                    if leftover and os.path.exists(leftover):
-                        os.unlink(leftover)
+            _finish(sink, keep, tmp)
 
 
 def open_destination(dest: str, sources: list[str] | None = None) -> Destination:

@@ -26,7 +26,6 @@ import onnx
 import onnx.version_converter
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
-from PIL import Image
 
 from batch_job import analysis
 from batch_job.faces import FaceDetector, iou
@@ -141,9 +140,7 @@ def detection_inputs(paths: list[Path]) -> list[np.ndarray]:
     for path in paths:
         image = open_image(path.read_bytes())
         scale = analysis.detection_scale(*image.size)
-        gray = decode_gray(image, min(1.0, scale))
-        size = (max(1, round(gray.full_size[0] * scale)), max(1, round(gray.full_size[1] * scale)))
-        inputs.append(np.asarray(gray.image.resize(size, Image.Resampling.BILINEAR)))
+        inputs.append(analysis.detection_input(decode_gray(image, min(1.0, scale)), scale))
     return inputs
 
 
