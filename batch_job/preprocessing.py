@@ -110,14 +110,19 @@ def decode_cost(image: Image.Image, scale: float = 1.0) -> int:
     return pixels * (BYTES_PER_PIXEL.get(image.mode, 4) + 4 + palette_to_rgba)
 
 
+def with_channels(pixels: np.ndarray, channels: int) -> np.ndarray:
+    """Gray pixels (..., 1) as a model with `channels` inputs takes them: RGB models get the gray image three
+    times, as in training. One image (H, W, 1) or a batch (N, H, W, 1)."""
+    return np.repeat(pixels, channels, axis=-1) if channels != pixels.shape[-1] else pixels
+
+
 def preprocess(image: Image.Image, size: int = INPUT_SIZE, channels: int = 1) -> np.ndarray:
     """A decoded PIL image -> uint8 array (size, size, channels): the model's input before scaling."""
     image = ImageOps.exif_transpose(image)
     image = _to_grayscale(image)
     if image.size != (size, size):
         image = ImageOps.fit(image, (size, size), method=Image.Resampling.BILINEAR)
-    pixels = np.asarray(image, dtype=np.uint8)[:, :, None]
-    return np.repeat(pixels, channels, axis=2) if channels != 1 else pixels
+    return with_channels(np.asarray(image, dtype=np.uint8)[:, :, None], channels)
 
 
 def load_image(source: Source, size: int = INPUT_SIZE, channels: int = 1) -> np.ndarray:
@@ -236,5 +241,4 @@ def crop_face(gray: Image.Image, box: tuple[float, float, float, float], size: i
     half = side / 2
     face = region.resize((size, size), Image.Resampling.BILINEAR,
                          box=(centre_x - half, centre_y - half, centre_x + half, centre_y + half))
-    out = np.asarray(face, dtype=np.uint8)[:, :, None]
-    return np.repeat(out, channels, axis=2) if channels != 1 else out
+    return with_channels(np.asarray(face, dtype=np.uint8)[:, :, None], channels)

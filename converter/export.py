@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from batch_job.preprocessing import CLASSES, INPUT_SIZE, PREPROCESSING
+from batch_job.preprocessing import CLASSES, INPUT_SIZE, PREPROCESSING, with_channels
 
 OPSET = 17
 
@@ -105,18 +105,16 @@ def export(keras_path: Path, output: Path, data_root: str | None = None, toleran
     proto = to_onnx(model, channels)
 
     onnx_bytes = proto.SerializeToString()
-    probabilities, parity = {}, None
+    probabilities, parity, inputs = {}, None, {}
     for name, gray in data.pixels.items():
-        pixels = np.repeat(gray, channels, axis=3) if channels != 1 else gray
-        split_parity, probabilities[name] = check_parity(model, onnx_bytes, pixels, tolerance)
+        inputs[name] = with_channels(gray, channels)
+        split_parity, probabilities[name] = check_parity(model, onnx_bytes, inputs[name], tolerance)
         parity = split_parity if parity is None else Parity(parity.images + split_parity.images,
                                                             max(parity.max_abs_diff, split_parity.max_abs_diff),
                                                             min(parity.argmax_agreement, split_parity.argmax_agreement))
     metrics = evaluation.metrics_from_probabilities(probabilities, data)
 
-    validation = data.pixels["validation"]
-    speed = round(onnx_images_per_second(onnx_bytes, np.repeat(validation, channels, axis=3)
-                                         if channels != 1 else validation), 1)
+    speed = round(onnx_images_per_second(onnx_bytes, inputs["validation"]), 1)
     card = model_card(keras_path.parent.name if keras_path.name == "model.keras" else keras_path.stem,
                       channels, parity, metrics)
     card["onnx_images_per_second"] = json.dumps({"images_per_second": speed, "batch": 256,

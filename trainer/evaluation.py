@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
-from batch_job.preprocessing import CLASSES
+from batch_job.preprocessing import CLASSES, with_channels
 from trainer import data as dataset
 from trainer import ferplus
 
@@ -199,8 +199,7 @@ def keras_predict(model) -> Predict:
     channels = int(model.input_shape[-1])
 
     def predict(pixels: np.ndarray) -> np.ndarray:
-        batch = np.repeat(pixels, channels, axis=3) if channels != pixels.shape[3] else pixels
-        return model.predict(batch.astype(np.float32), batch_size=256, verbose=0)
+        return model.predict(with_channels(pixels, channels).astype(np.float32), batch_size=256, verbose=0)
     return predict
 
 
@@ -214,8 +213,7 @@ def onnx_predict(path_or_bytes) -> Predict:
     channels = node.shape[3] if isinstance(node.shape[3], int) else 1
 
     def predict(pixels: np.ndarray) -> np.ndarray:
-        batch = np.repeat(pixels, channels, axis=3) if channels != pixels.shape[3] else pixels
-        return session.run(None, {node.name: batch.astype(np.float32)})[0]
+        return session.run(None, {node.name: with_channels(pixels, channels).astype(np.float32)})[0]
     return predict
 
 

@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.metrics import classification_report, confusion_matrix  # noqa: E402
 
-from batch_job.preprocessing import CLASSES  # noqa: E402
+from batch_job.preprocessing import CLASSES, with_channels  # noqa: E402
 from trainer import evaluation  # noqa: E402
 
 
@@ -86,7 +86,7 @@ def write_run_report(run_dir: Path, model, config, root: Path, train_seconds: fl
         "train_seconds": round(train_seconds, 1),
         "epochs_run": int(len(pd.read_csv(history))) if (history := run_dir / "history.csv").is_file() else None,
         "keras_images_per_second": round(keras_images_per_second(
-            model, np.repeat(data.pixels["validation"], channels, axis=3)), 1),
+            model, with_channels(data.pixels["validation"], channels)), 1),
         **subsets,
     }
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
