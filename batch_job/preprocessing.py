@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Union
@@ -136,11 +138,18 @@ def load_image(source: Source, size: int = INPUT_SIZE, channels: int = 1) -> np.
 
 def decode_whole(image: Image.Image, size: int = INPUT_SIZE, channels: int = 1) -> np.ndarray:
     """An opened image -> model input, the whole image taken as one face crop (the dataset's framing)."""
-    try:
+    with _decoding():
         if image.format == "JPEG":
             image.draft("L", (size, size))  # decode big JPEGs at reduced scale: much faster, same result class
         image.load()
         return preprocess(image, size, channels)
+
+
+@contextmanager
+def _decoding() -> Iterator[None]:
+    """What a codec raises on a truncated or corrupt file becomes an ImageError for the row."""
+    try:
+        yield
     except ImageError:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
@@ -195,7 +204,7 @@ def decode_gray(image: Image.Image, scale: float = 1.0) -> GrayImage:
     JPEG decodes at 1/2, 1/4 or 1/8 scale for a fraction of the work (draft); other formats decode whole.
     """
     stored = image.size
-    try:
+    with _decoding():
         if image.format == "JPEG" and scale < 1:
             image.draft("L", (math.ceil(image.width * scale), math.ceil(image.height * scale)))
         image.load()
@@ -204,10 +213,6 @@ def decode_gray(image: Image.Image, scale: float = 1.0) -> GrayImage:
         if turn in ORIENTATIONS:
             gray = gray.transpose(ORIENTATIONS[turn])
         return GrayImage(gray, displayed_size(image, stored))
-    except ImageError:
-        raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        raise ImageError(f"cannot decode image: {error}") from None
 
 
 def crop_face(gray: Image.Image, box: tuple[float, float, float, float], size: int = INPUT_SIZE,
