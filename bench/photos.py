@@ -21,9 +21,12 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from batch_job.faces import iou  # noqa: E402
 
 SUMMARY = re.compile(r"scored (\d+) images, (\d+) faces, (\d+) without a face, (\d+) errors, "
                      r"(\d+) skipped \(not images\) in ([\d.]+) s")
@@ -43,10 +46,7 @@ def _box(row: dict) -> tuple[int, ...]:
 
 
 def _iou(a, b) -> float:
-    left, top = max(a[0], b[0]), max(a[1], b[1])
-    right, bottom = min(a[0] + a[2], b[0] + b[2]), min(a[1] + a[3], b[1] + b[3])
-    inter = max(0, right - left) * max(0, bottom - top)
-    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
+    return float(iou(np.array(a, np.float32), np.array([b], np.float32))[0])
 
 
 def match_manifest(csv_path: str | Path, manifest: Path) -> dict:
