@@ -118,6 +118,30 @@ def test_extra_classes_add_the_three_emotions_as_classes_four_to_six(voted):
     np.testing.assert_allclose(faces.targets[angry], [0, 0.2, 0, 0, 0.8, 0, 0])  # 0.5 one-hot + 0.5 (0.4, 0.6)
 
 
+def test_more_faces_join_train_under_their_labels_with_their_votes(voted):
+    more = voted.parent / "facial_emotion_images_more"
+    save_jpeg(smooth_face(950), more / "happy" / "3.jpg")
+    save_jpeg(smooth_face(951), more / "sad" / "7.jpg")
+    votes = pd.read_csv(voted.parent / "ferplus" / "votes.csv")
+    more_votes = pd.DataFrame([{"file": "more/sad/7.jpg", **votes_row(neutral=6, sadness=4)}])
+    pd.concat([votes, more_votes]).to_csv(voted.parent / "ferplus" / "votes.csv", index=False)
+    plain = build(voted)
+    faces = build(voted, more_faces=True, soft_targets=1.0)
+    assert faces.classes == CLASSES and faces.summary["more faces"] == 2
+    assert len(faces.paths) == len(plain.paths) + 2
+    at = {name: k for k, name in enumerate(names(faces, voted))}
+    assert faces.labels[at["facial_emotion_images_more/happy/3.jpg"]] == CLASSES.index("happy")
+    sad = at["facial_emotion_images_more/sad/7.jpg"]
+    assert faces.labels[sad] == CLASSES.index("sad")
+    np.testing.assert_allclose(faces.targets[sad], [0, 0.6, 0.4, 0])  # its votes, found under more/
+    np.testing.assert_allclose(faces.targets[at["facial_emotion_images_more/happy/3.jpg"]], [1, 0, 0, 0])
+
+
+def test_more_faces_without_the_folder_is_a_clear_error(voted):
+    with pytest.raises(FileNotFoundError, match="facial_emotion_images_more"):
+        build(voted, more_faces=True)
+
+
 def test_seven_class_run_serves_and_exports_the_four_classes_in_order(voted, tmp_path):
     keras = pytest.importorskip("keras")
     from batch_job.model import EmotionModel

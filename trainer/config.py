@@ -51,6 +51,7 @@ class TrainConfig:
     min_label_share: float = 0.0  # drop training faces whose FER2013 label got less than this share of the votes
     weight_by_label_share: bool = False  # weight each training face's loss by its label's share of the votes
     extra_classes: bool = False  # also train on facial_emotion_images_extra (7 classes); the model serves 4
+    more_faces: bool = False  # also train on facial_emotion_images_more (FER2013 Training happy/neutral/sad)
     seed: int = 42
     steps_per_epoch: int | None = None  # None = one pass over the training data; small numbers for CI
     train_limit: int | None = None  # use only this many training images (CI)
@@ -139,7 +140,7 @@ def _check(config: TrainConfig, source: str) -> None:
         if not _is_number(getattr(config, key)) or not 0 <= getattr(config, key) <= 1:
             problems.append(f"{key} must be a number in [0, 1]")
     for key in ("drop_test_duplicates", "drop_near_duplicates", "drop_not_a_face", "weight_by_label_share",
-                "extra_classes"):
+                "extra_classes", "more_faces"):
         if not isinstance(getattr(config, key), bool):
             problems.append(f"{key} must be true or false")
     for key in ("note", "reference"):

@@ -20,11 +20,21 @@ SPLITS = ("train", "validation", "test")
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "facial_emotion_images"
 
 
+def _beside(root: Path, folder: str, variable: str) -> Path | None:
+    path = Path(os.environ.get(variable) or Path(root).parent / folder)
+    return path if path.is_dir() else None
+
+
 def extra_dir(root: Path) -> Path | None:
     """facial_emotion_images_extra (angry, disgust, fear; auxiliary training only): $EMOTION_EXTRA_DIR, else
     beside the dataset folder; None when it is not there."""
-    path = Path(os.environ.get("EMOTION_EXTRA_DIR") or Path(root).parent / "facial_emotion_images_extra")
-    return path if path.is_dir() else None
+    return _beside(root, "facial_emotion_images_extra", "EMOTION_EXTRA_DIR")
+
+
+def more_dir(root: Path) -> Path | None:
+    """facial_emotion_images_more (more FER2013 Training happy, neutral, sad; training only): $EMOTION_MORE_DIR,
+    else beside the dataset folder; None when it is not there."""
+    return _beside(root, "facial_emotion_images_more", "EMOTION_MORE_DIR")
 
 
 def data_dir(override: str | os.PathLike | None = None) -> Path:

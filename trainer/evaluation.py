@@ -92,13 +92,15 @@ def nearest_distance(query: np.ndarray, pool: np.ndarray, chunk: int = 1024) -> 
 
 
 def peer_mask(root: Path, splits: dict, validation_pixels: np.ndarray) -> np.ndarray:
-    """The peer subset of validation (see the module docstring); decodes train, test and extra for the pool."""
+    """The peer subset of validation (see the module docstring); decodes train, test, extra and more for the pool."""
     rows = np.array([fer2013_row(p) if fer2013_row(p) is not None else -1 for p in splits["validation"].paths])
     candidate = rows >= PEER_FIRST_ROW
     pool_paths = splits["train"].paths + splits["test"].paths
     pool_paths += [p for p, row in zip(splits["validation"].paths, rows, strict=True) if 0 <= row < PEER_FIRST_ROW]
     if (extra := dataset.extra_dir(root)) is not None:
         pool_paths += dataset.list_split(extra, "", ferplus.EXTRA_CLASSES).paths
+    if (more := dataset.more_dir(root)) is not None:
+        pool_paths += dataset.list_split(more, "").paths
     pool = dataset.load_pixels(pool_paths) if pool_paths else np.zeros((0, 48, 48, 1), np.uint8)
     mask = np.zeros(len(rows), dtype=bool)
     if candidate.any():

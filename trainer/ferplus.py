@@ -1,7 +1,7 @@
 """FER+ crowd votes (10 taggers per FER2013 image): the majority label, and label distributions for training.
 
 `../shared/data/ferplus/votes.csv` has one line per shared image (`file` relative to facial_emotion_images/,
-or `extra/<class>/<row>.jpg` for facial_emotion_images_extra/) with vote counts for neutral, happiness,
+or `extra/<class>/<row>.jpg` for facial_emotion_images_extra/, `more/...` for facial_emotion_images_more/) with vote counts for neutral, happiness,
 surprise, sadness, anger, disgust, fear, contempt, unknown and NF (not a face).
 
 Majority: the rule of FER+'s own training code (src/ferplus.py, mode "majority"): single votes are dropped
@@ -43,11 +43,13 @@ def load_votes(path: str | os.PathLike) -> pd.DataFrame:
     return votes.set_index("file")
 
 
-def vote_key(path: Path, data_root: Path, extra_root: Path | None = None) -> str:
-    """The votes.csv `file` of an image: its path relative to the dataset, or extra/<class>/<row>.jpg."""
+def vote_key(path: Path, data_root: Path, extra_root: Path | None = None, more_root: Path | None = None) -> str:
+    """The votes.csv `file` of an image: its path relative to the dataset, or extra/<class>/<row>.jpg, or
+    more/<class>/<row>.jpg."""
     path = Path(path)
-    if extra_root is not None and path.is_relative_to(extra_root):
-        return "extra/" + path.relative_to(extra_root).as_posix()
+    for prefix, root in (("extra/", extra_root), ("more/", more_root)):
+        if root is not None and path.is_relative_to(root):
+            return prefix + path.relative_to(root).as_posix()
     return path.relative_to(data_root).as_posix()
 
 

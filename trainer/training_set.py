@@ -3,6 +3,8 @@
 - extra_classes: facial_emotion_images_extra's angry, disgust and fear faces join train as classes 4-6
   (trainer.ferplus.SEVEN_CLASSES; the model serves the first four), except the ones its MANIFEST.csv flags as
   near a train face (the same face under a product label there).
+- more_faces: facial_emotion_images_more's happy, neutral and sad faces (FER2013 Training rows the dataset
+  lacks, none near a validation or test face) join train under their product labels.
 - FER+ votes of the training faces (never of validation or test): drop_not_a_face, min_label_share (drop
   faces whose label the crowd disputes), weight_by_label_share (down-weight them instead) and soft_targets
   (mix the vote distribution into the target, label distribution learning as in FER+).
@@ -62,9 +64,19 @@ def build(config: TrainConfig, root: Path, train: dataset.Split, test_digests: s
     classes = ferplus.SEVEN_CLASSES if config.extra_classes else CLASSES
     summary: dict = {"classes": len(classes)}
     paths, labels = list(train.paths), train.labels.copy()
-    extra_root = dataset.extra_dir(root)
+    extra_root, more_root = dataset.extra_dir(root), dataset.more_dir(root)
+    drop = test_digests if config.drop_test_duplicates else set()
+    if config.more_faces:
+        if more_root is None:
+            raise FileNotFoundError(f"more_faces = true, but there is no facial_emotion_images_more beside "
+                                    f"{root} (or at $EMOTION_MORE_DIR)")
+        more = dataset.list_split(more_root, "")
+        more = more.subset(np.array([d not in drop for d in more.digests], dtype=bool))
+        paths += more.paths
+        labels = np.concatenate([labels, more.labels])
+        summary["more faces"] = len(more)
     if config.extra_classes:
-        found = extra_split(root, test_digests if config.drop_test_duplicates else set())
+        found = extra_split(root, drop)
         if found is None:
             raise FileNotFoundError(f"extra_classes = true, but there is no facial_emotion_images_extra beside "
                                     f"{root} (or at $EMOTION_EXTRA_DIR)")
@@ -80,7 +92,7 @@ def build(config: TrainConfig, root: Path, train: dataset.Split, test_digests: s
         if not path.is_file():
             raise FileNotFoundError(f"the config uses FER+ votes, but there is no {path} "
                                     "(or set EMOTION_FERPLUS_VOTES)")
-        votes = ferplus.votes_for([ferplus.vote_key(p, root, extra_root) for p in paths], ferplus.load_votes(path))
+        votes = ferplus.votes_for([ferplus.vote_key(p, root, extra_root, more_root) for p in paths], ferplus.load_votes(path))
         keep = np.ones(len(paths), dtype=bool)
         if config.drop_not_a_face:
             keep &= (ferplus.majority(votes) != ferplus.NOT_A_FACE).to_numpy()
