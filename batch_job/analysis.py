@@ -31,12 +31,10 @@ from batch_job.preprocessing import (
     open_image,
     whole_box,
 )
+from batch_job.settings import DEFAULT_FACE_MODE, FACE_MODES  # noqa: F401 - re-exported for the modes' users
 
-FACE_MODES = ("auto", "detect", "whole")
-DEFAULT_FACE_MODE = "auto"
 SMALL_IMAGE = 128  # shorter side at or under this: most likely a face crop, scored whole if no face is found
 MIN_DETECT = 160  # small images are enlarged to at least this (shorter side) before detection
-NO_FACE = "no face found"
 # A face whose crop would come from fewer than this share of the model's input pixels (per side) in the
 # first, reduced-scale decode makes the image decode again at a finer scale.
 MIN_CROP_RESOLUTION = 1.0

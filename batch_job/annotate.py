@@ -13,10 +13,10 @@ from pathlib import Path, PurePosixPath
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from batch_job.base import S3_SCHEME
-from batch_job.pipeline import ImageResult
-from batch_job.preprocessing import open_image
-from batch_job.sources import Item
+from batch_job.base import S3_SCHEME, Item
+from batch_job.budget import DECODES, READS
+from batch_job.preprocessing import Source, decode_cost, open_image
+from batch_job.results import ImageResult
 
 COLORS = {"happy": (255, 196, 0), "neutral": (160, 160, 160), "sad": (30, 120, 255), "surprise": (235, 60, 200)}
 MAX_SIDE = 2048  # annotated copies of bigger photos are scaled down to this longest side
@@ -31,14 +31,32 @@ def annotated_name(path: str) -> PurePosixPath:
     return name if name.suffix.lower() in (".jpg", ".jpeg") else name.with_name(name.name + ".jpg")
 
 
-def draw(data: bytes, result: ImageResult) -> Image.Image:
-    """The image as displayed (EXIF orientation applied), with a box and 'emotion 0.93' per face."""
-    with open_image(data) as opened:
-        image = ImageOps.exif_transpose(opened)
-        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-            rgba = image.convert("RGBA")
-            image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-        image = image.convert("RGB")
+def display_cost(image: Image.Image) -> int:
+    """Bytes displayed_rgb() holds at its peak: the decode, plus a turned copy, the RGBA composite and the RGB
+    result (Pillow keeps RGB at four bytes a pixel)."""
+    return decode_cost(image) + image.width * image.height * 16
+
+
+def displayed_rgb(opened: Image.Image) -> Image.Image:
+    """An opened image as displayed (EXIF orientation applied, transparency over white), in RGB. Callers hold
+    display_cost() in the decode budget around it and everything they make from it."""
+    image = ImageOps.exif_transpose(opened)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return image.convert("RGB")
+
+
+def save_drawing(data: Source, result: ImageResult, target: Path) -> None:
+    """Draw the copy and write it as JPEG, inside the shared decode budget (like the scorer's decodes), so
+    annotating adds no unbounded memory whatever the photos."""
+    with open_image(data) as opened, DECODES.hold(display_cost(opened)):
+        draw(opened, result).save(target, "JPEG", quality=90)
+
+
+def draw(opened: Image.Image, result: ImageResult) -> Image.Image:
+    """The image as displayed, with a box and 'emotion 0.93' per face."""
+    image = displayed_rgb(opened)
     factor = min(1.0, MAX_SIDE / max(image.size))
     if factor < 1:
         image = image.resize((round(image.width * factor), round(image.height * factor)), Image.Resampling.LANCZOS)
@@ -94,7 +112,8 @@ class Annotator:
         target = self.folder / annotated_name(result.path)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            draw(item.read(), result).save(target, "JPEG", quality=90)
+            with READS.thread_scope():  # the bytes the read reserves are released when the copy is written
+                save_drawing(item.read(), result, target)
             self.written += 1
         except Exception as error:  # noqa: BLE001 - a drawing never stops the scoring
             self.failed += 1

@@ -1,4 +1,5 @@
-"""What every other module shares: the input Item and one hierarchy of errors. A leaf: imports nothing of ours.
+"""What every other module shares: the input Item, what counts as an image name, and one hierarchy of errors
+(every exception this package raises is an Error). A leaf: imports nothing of ours.
 
 Two kinds of failure, never mixed:
 - BatchJobError and its subclasses stop a run (bad model, unreadable source, unwritable destination): the CLI
@@ -17,6 +18,12 @@ from typing import Any
 
 S3_SCHEME = "s3://"
 MAX_KEY_BYTES = 1024  # S3's limit on an object key
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
+
+
+def is_image_path(path: str | os.PathLike) -> bool:
+    """Whether a file found while walking a folder (or listing a prefix) counts as an image to score."""
+    return os.path.splitext(os.fspath(path))[1].lower() in IMAGE_EXTENSIONS
 
 
 def usable_cpus() -> int:
@@ -36,8 +43,16 @@ def is_s3_url(text: str) -> bool:
     return text.startswith(S3_SCHEME)
 
 
-class BatchJobError(Exception):
+class Error(Exception):
+    """The root of every exception batch_job raises: `except batch_job.base.Error` catches them all."""
+
+
+class BatchJobError(Error):
     """A failure of the whole run (exit status 1), with a one-line message for people."""
+
+
+class UsageError(BatchJobError, ValueError):
+    """An argument or setting that names nothing valid (a bad --format, PRECISION, FACES): exit status 2."""
 
 
 class SourceError(BatchJobError):
@@ -52,11 +67,11 @@ class ModelError(BatchJobError):
     """The model file is missing, unreadable or not the model this service expects."""
 
 
-class ConfigError(BatchJobError):
+class ConfigError(BatchJobError, ValueError):
     """The service is deployed or called without the settings it needs."""
 
 
-class InputError(Exception):
+class InputError(Error):
     """One input that cannot be scored; the message is meant for the CSV's error column."""
 
     transient = False
@@ -79,3 +94,5 @@ class Item:
     """One input: what the CSV's path column shows, and how to read its bytes (only when the pipeline asks)."""
     path: str
     read: Callable[[], Any]  # the bytes (from the library API, possibly an image already in memory)
+    held: int = 0  # bytes this item already holds in memory before it is read (an array given to the API)
+    version: str = ""  # which upload of an S3 object this is (ETag, version id, event sequencer), if known

@@ -59,6 +59,20 @@ class MemoryBudget:
         self.release(getattr(_reserved, "held", 0))
         _reserved.held = 0
 
+    @contextmanager
+    def thread_scope(self) -> Iterator[None]:
+        """Whatever a reader reserves for this thread inside the block is released when it ends: every
+        caller that reads an input (the pipeline, --annotate, report) reads inside one."""
+        try:
+            yield
+        finally:
+            self.release_thread()
+
+    def resize(self, total_bytes: int) -> None:
+        with self._changed:
+            self.total = max(1, int(total_bytes))
+            self._changed.notify_all()
+
 
 def total_bytes() -> int:
     try:
@@ -66,6 +80,16 @@ def total_bytes() -> int:
     except ValueError:
         megabytes = DEFAULT_BUDGET_MB
     return int(max(megabytes, 16) * 1024 * 1024)
+
+
+def configure(megabytes: int) -> None:
+    """Set the total (Settings.decode_budget_mb): a quarter for reads, the rest for decodes, and make freed
+    pixel blocks go back to the system. Process-wide, like the memory it bounds: called when a Scorer is made,
+    never on import."""
+    return_freed_memory_to_the_system()
+    total = int(megabytes * 1024 * 1024)
+    READS.resize(total // 4)
+    DECODES.resize(total - total // 4)
 
 
 def return_freed_memory_to_the_system(threshold: int = 8 * 1024 * 1024) -> bool:
@@ -80,6 +104,5 @@ def return_freed_memory_to_the_system(threshold: int = 8 * 1024 * 1024) -> bool:
         return False
 
 
-return_freed_memory_to_the_system()
 READS = MemoryBudget(total_bytes() // 4)
 DECODES = MemoryBudget(total_bytes() - total_bytes() // 4)

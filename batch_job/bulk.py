@@ -24,13 +24,12 @@ from dataclasses import dataclass, replace
 from urllib.parse import unquote_plus
 
 from batch_job import bulk_run, s3
-from batch_job.csv_output import Totals
+from batch_job.base import Error, is_image_path
 from batch_job.events import EventError, S3Object
-from batch_job.handler import Config, csv_text, get_model, named, score_objects
-from batch_job.preprocessing import is_image_path
+from batch_job.runtime import Config, host_setup, log_json, score_objects, scorer, setup_logging, write
 
 
-class TransientS3Error(RuntimeError):
+class TransientS3Error(Error):
     """S3 said 'later' (throttling, 5xx, connection lost) after boto3's retries: the whole batch is retried.
     The state machine's Retry matches this class name (Lambda reports it as the errorType)."""
 
@@ -78,17 +77,17 @@ def _version(item: Mapping) -> str:
     return f"{item.get('Size', '')}@{item.get('LastModified') or item.get('LastModifiedDate') or ''}"
 
 
-def part_name(objects: Iterable[S3Object]) -> str:
-    """'part-<hash>.csv' from (bucket, key, etag) of the objects, in any order: a retried batch gets the same
-    name, a different set of objects (or a re-uploaded one) a different one."""
+def part_name(objects: Iterable[S3Object], extension: str = ".csv") -> str:
+    """'part-<hash>.csv' (or .jsonl) from (bucket, key, etag) of the objects, in any order: a retried batch gets
+    the same name, a different set of objects (or a re-uploaded one) a different one."""
     identity = sorted({(o.bucket, o.key, o.version) for o in objects})
     if not identity:
         raise ValueError("no objects to name a part after")
     digest = hashlib.sha256(json.dumps(identity, ensure_ascii=False).encode("utf-8")).hexdigest()
-    return f"part-{digest[:24]}.csv"
+    return f"part-{digest[:24]}{extension}"
 
 
-def score_batch(event: dict, model, config: Config) -> dict:
+def score_batch(event: dict, config: Config) -> dict:
     """Score one batch into its part. Returns the part's URL (None when nothing in it was an image)."""
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -99,36 +98,30 @@ def score_batch(event: dict, model, config: Config) -> dict:
         return result
     out_bucket, out_prefix = bulk_run.split_run_url(batch.output)
     config = replace(config, output_bucket=out_bucket, output_prefix=out_prefix + bulk_run.PARTS)
-    predictions = score_objects(batch.objects, model, config)
+    predictions = score_objects(batch.objects, config, full_url=False)
     later = [(p.path, p.error) for p in predictions if p.transient]
     if later:
         raise TransientS3Error(f"{len(later)} of {len(batch.objects)} objects met a transient S3 error "
                                f"(first: {later[0][0]}: {later[0][1]}); the batch is retried whole")
-    text = csv_text(predictions, config.output_format)
-    key = named(config.output_prefix + part_name(batch.objects), config.output_format)
+    key = config.output_prefix + part_name(batch.objects, config.output_format.extension)
     try:
-        s3.put_text(out_bucket, key, text)
+        totals = write(predictions, f"s3://{out_bucket}/{key}", config, scorer(config).classes)
     except (ClientError, BotoCoreError) as error:
         if s3.is_transient(error):
             raise TransientS3Error(f"cannot write s3://{out_bucket}/{key}: {s3.describe(error)}") from None
         raise
-    totals = Totals.of(predictions)  # an image without a face is a row, not an error
+    # an image without a face is a row, not an error
     return {**result, "part": f"s3://{out_bucket}/{key}", "rows": totals.rows, "errors": totals.errors}
 
 
 def handler(event: dict, context: object = None) -> dict:
     """The BulkScoringFunction's entry point: a batch to score, or the run's final summary step."""
+    setup_logging(context)
+    host_setup()
     if isinstance(event, dict) and "summary" in event:
         result = bulk_run.write_summary(event["summary"])
-        _log(event="summary", **result)
+        log_json(event="summary", **result)
         return result
-    result = score_batch(event, get_model(), Config.from_env())
-    _log(event="batch", **result)
+    result = score_batch(event, Config.from_env())
+    log_json(event="batch", **result)
     return result
-
-
-def _log(**fields: object) -> None:
-    """One JSON line per batch (the handler's logger: request id included): Logs Insights can add them up."""
-    from batch_job.handler import _log as log_json
-
-    log_json(level="info", **fields)

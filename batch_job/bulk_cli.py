@@ -18,6 +18,7 @@ import sys
 import time
 
 from batch_job import bulk_run, s3
+from batch_job.base import BatchJobError
 from batch_job.events import EventError
 
 DEFAULT_STACK = "emotion-batch"
@@ -27,7 +28,7 @@ NAME = re.compile(r"^[A-Za-z0-9_-]{1,80}$")  # Step Functions execution names (A
 DONE = {"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"}
 
 
-class BulkError(RuntimeError):
+class BulkError(BatchJobError):
     """Stops a submit/status/merge with exit status 1 and a one-line message."""
 
 
@@ -56,7 +57,11 @@ def register(subparsers) -> None:
         parser.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
     merge = subparsers.add_parser("merge", help="one CSV from the parts of a run (for runs small enough to want one)")
     merge.add_argument("run", help="run folder: s3://bucket/runs/NAME/ or a local folder holding parts/")
-    merge.add_argument("-o", "--output", default="-", help="CSV to write, s3://bucket/key.csv, or '-' (default)")
+    merge.add_argument("-o", "--output", default="-",
+                       help="file to write (.csv or .jsonl), s3://bucket/key.csv, or '-' (default)")
+    merge.add_argument("--format", choices=("csv", "jsonl"),
+                       help="output format (default: from the output's extension, else the parts'); with --athena: "
+                            "the format the run's parts were written in (OutputFormat; default csv)")
     merge.add_argument("--athena", metavar="TABLE", help="print an Athena CREATE EXTERNAL TABLE over the run's "
                                                          "parts/ instead of merging (any size of run)")
 
@@ -276,11 +281,12 @@ def finished(execution: dict) -> int:
 def merge(args: argparse.Namespace) -> int:
     """Concatenate a run's parts into one CSV, through the one destination opener (temp file, then rename
     or upload)."""
-    from batch_job.base import BatchJobError
+    from batch_job import formats
     from batch_job.destinations import open_destination
 
     if args.athena:
-        print(bulk_run.athena_ddl(args.athena, args.run if args.run.endswith("/") else args.run + "/"))
+        print(bulk_run.athena_ddl(args.athena, args.run if args.run.endswith("/") else args.run + "/",
+                                  args.format or "csv"))
         return EXIT_OK
     if s3.is_s3_url(args.run):
         run = args.run if args.run.endswith("/") else args.run + "/"
@@ -290,10 +296,12 @@ def merge(args: argparse.Namespace) -> int:
     else:
         run = args.run
     try:
-        destination = open_destination(args.output)
+        named = formats.of_name(args.output) if args.output != "-" else None
+        fmt = formats.get(args.format) if args.format else named
+        destination = open_destination(args.output, fmt=fmt or formats.CSV)
         try:
             with destination.open() as out:
-                parts, rows = bulk_run.merge(bulk_run.part_texts(run), out)
+                parts, rows = bulk_run.merge(bulk_run.part_texts(run), out, fmt.name if fmt else None)
         finally:
             destination.close()
     except BatchJobError as error:

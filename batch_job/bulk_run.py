@@ -11,7 +11,6 @@ of a run small enough to want one file.
 """
 from __future__ import annotations
 
-import csv
 import io
 import json
 import re
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import IO
 
 from batch_job import s3
+from batch_job.base import BatchJobError
 from batch_job.events import EventError
 
 PARTS = "parts/"
@@ -140,31 +140,33 @@ def read_summary(run: str) -> dict | None:
 
 # ---- one table from the parts: Athena over parts/, or merge into one CSV (small runs) ----
 
-def athena_ddl(table: str, run: str, columns: list[str] | None = None) -> str:
-    """CREATE EXTERNAL TABLE over <run>parts/ with the CSV's columns as they are today (all strings: the
-    CSV SerDe reads text; cast in queries, e.g. CAST(confidence AS double))."""
-    from batch_job.csv_output import COLUMNS
+def athena_ddl(table: str, run: str, fmt: str = "csv", versioned: bool = True) -> str:
+    """CREATE EXTERNAL TABLE over <run>parts/ in the parts' format (--format of the run: csv or jsonl), with
+    today's columns (bulk parts carry source_version). CSV: all strings (the CSV SerDe reads text; cast in
+    queries, e.g. CAST(confidence AS double)); JSON Lines: typed."""
+    from batch_job import formats
 
     bucket, prefix = split_run_url(run)
     if not re.fullmatch(r"[a-z_][a-z0-9_]{0,254}", table):
         raise MergeError(f"Athena table names are lowercase letters, digits and '_': {table!r}")
-    fields = ",\n".join(f"  `{name}` string" for name in (columns or COLUMNS))
-    return (f"CREATE EXTERNAL TABLE {table} (\n{fields}\n)\n"
-            "ROW FORMAT SERDE 'org.apache.hadoop.hive.serde2.OpenCSVSerde'\n"
-            f"LOCATION 's3://{bucket}/{prefix}{PARTS}'\n"
-            "TBLPROPERTIES ('skip.header.line.count'='1');")
+    return formats.get(fmt).athena_table(table, f"s3://{bucket}/{prefix}{PARTS}", formats.columns(versioned=versioned))
 
 
 def part_texts(run: str) -> Iterator[tuple[str, str]]:
-    """(name, CSV text) of every part of a run folder, s3://bucket/run/ or a local folder, in name order."""
+    """(name, text) of every part of a run folder, s3://bucket/run/ or a local folder, in name order: files of
+    any output format (part-*.csv, part-*.jsonl)."""
+    from batch_job import formats
+
     if s3.is_s3_url(run):
         bucket, prefix = split_run_url(run if run.endswith("/") else run + "/")
         for key in sorted(_keys(bucket, prefix + PARTS)):
-            if key.endswith(".csv"):
+            if formats.of_name(key):
                 yield f"s3://{bucket}/{key}", _read_text(bucket, key)
         return
-    for path in sorted((Path(run) / PARTS).glob("*.csv")):
-        yield str(path), path.read_text(encoding="utf-8")
+    folder = Path(run) / PARTS
+    for path in sorted(folder.iterdir()) if folder.is_dir() else ():
+        if path.is_file() and formats.of_name(path.name):
+            yield str(path), path.read_text(encoding="utf-8")
 
 
 def _keys(bucket: str, prefix: str) -> Iterator[str]:
@@ -174,33 +176,37 @@ def _keys(bucket: str, prefix: str) -> Iterator[str]:
             yield entry["Key"]
 
 
-class MergeError(RuntimeError):
-    """The parts cannot be merged into one CSV (none found, or written with different columns)."""
+class MergeError(BatchJobError):
+    """The parts cannot be merged into one file (none found, or written with different columns)."""
 
 
-def merge(parts: Iterator[tuple[str, str]], out: IO[str]) -> tuple[int, int]:
-    """Write every part's rows under one header, sorted by path (a deterministic file whatever the batching);
-    returns (parts, rows). Parts written with different columns (a run straddling a release) are refused."""
+def merge(parts: Iterable[tuple[str, str]], out: IO[str], fmt: str | None = None) -> tuple[int, int]:
+    """Write every part's records into one file, sorted by path (a deterministic file whatever the batching);
+    returns (parts, rows). Each part is read in its own format (its name says which); the output is in `fmt`
+    (default: the parts'). Parts written with different columns (a run straddling a release) are refused. The
+    rows are sorted in memory: for runs small enough to want one file (Athena reads any size)."""
+    from batch_job import formats
+
     header: list[str] | None = None
+    first_format = None
     rows: list[list[str]] = []
     count = 0
     for name, text in parts:
-        reader = csv.reader(io.StringIO(text))
-        part_header = next(reader, None)
-        if part_header is None:
+        part_format = formats.of_name(name) or formats.CSV
+        part_header, part_rows = part_format.read(io.StringIO(text))
+        if not part_header:
             continue
         if header is None:
-            header = part_header
+            header, first_format = part_header, part_format
         elif part_header != header:
             raise MergeError(f"{name} has columns {','.join(part_header)}, the first part {','.join(header)}")
-        rows.extend(reader)
+        rows.extend(part_rows)
         count += 1
-    if header is None:
-        raise MergeError("no parts found (expected parts/*.csv in the run folder)")
+    if header is None or first_format is None:
+        raise MergeError("no parts found (expected parts/*.csv or parts/*.jsonl in the run folder)")
     path = header.index("path")
     rows.sort(key=lambda row: row[path])  # stable: the rows of one image (one per face) keep their order
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
+    writer = formats.Writer(formats.get(fmt or first_format.name), out, header)
+    for row in rows:
+        writer.row(row)
     return count, len(rows)
-

@@ -19,20 +19,17 @@ import time
 import warnings
 
 from batch_job import bulk_cli
-from batch_job.analysis import DEFAULT_FACE_MODE, FACE_MODES
-from batch_job.base import BatchJobError, DestinationError, is_s3_url
-from batch_job.csv_output import FORMATS, Totals, format_for, write_all
+from batch_job.base import BatchJobError, DestinationError, UsageError, is_s3_url
 from batch_job.destinations import OutputClosed, open_destination
-from batch_job.model import default_model_path
-from batch_job.precision import PRECISIONS
+from batch_job.formats import FORMAT_NAMES, for_destination
+from batch_job.results import Totals
+from batch_job.settings import DEFAULT_FACE_MODE, FACE_MODES, MAX_BATCH_SIZE, MAX_WORKERS, PRECISIONS, Settings
 from batch_job.shard import in_shard, output_for, shard_argument
 from batch_job.sources import non_empty, open_sources
 
 DEFAULT_OUTPUT = "predictions.csv"
 EXIT_OK, EXIT_FATAL, EXIT_USAGE, EXIT_SOME_ERRORS = 0, 1, 2, 3
 EXIT_BROKEN_PIPE = 128 + 13
-MAX_BATCH_SIZE = 4096  # 4096 faces of 48x48 floats are 38 MB per call; more gains nothing
-MAX_WORKERS = 256
 
 
 class FatalError(BatchJobError):
@@ -47,31 +44,25 @@ class Stopped(BaseException):
         self.signum = signum
 
 
-def face_mode_default() -> str:
-    """$FACES when set (the Lambda function and Batch jobs use it), else auto."""
-    return os.environ.get("FACES", "").strip().lower() or DEFAULT_FACE_MODE
-
-
-def score(sources: list[str], dest: str, model_path: str | None, batch_size: int, workers: int | None,
-          progress: bool, faces: str = DEFAULT_FACE_MODE, annotate: str | None = None,
-          shard: tuple[int, int] | None = None, raw_csv: bool = False,
-          fmt: str | None = None, precision: str | None = None) -> tuple[Totals, float]:
-    """Score every input into one CSV (or JSON Lines); returns the totals and the seconds it took. The
-    destination is checked before anything is loaded or scored. A thin user of the library API (Scorer)."""
+def score(sources: list[str], dest: str, settings: Settings, progress: bool, annotate: str | None = None,
+          shard: tuple[int, int] | None = None, raw_csv: bool = False) -> tuple[Totals, float]:
+    """Score every input into one output (settings.output_format); returns the totals and the seconds it took.
+    The destination is checked before anything is loaded or scored. A thin user of the library API (Scorer)."""
     from tqdm import tqdm
 
+    from batch_job import formats
     from batch_job.api import Scorer
 
     opened = open_sources(sources)
     for source, cover in opened.dropped:
         print(f"note: {source} is already part of {cover}: scored once", file=sys.stderr)
-    destination = open_destination(dest, opened.kept)
+    destination = open_destination(dest, opened.kept, settings.output_format)
     try:
-        scorer = Scorer(model_path, faces, batch_size, precision=precision)
-        if workers is None and any(is_s3_url(source) for source in opened.kept):
+        if settings.workers is None and any(is_s3_url(source) for source in opened.kept):
             from batch_job.s3 import S3_WORKERS
 
-            workers = S3_WORKERS  # S3 fetches wait on the network: more threads than CPUs
+            settings = settings.replace(workers=S3_WORKERS)  # S3 fetches wait on the network: more threads
+        scorer = Scorer(settings=settings)
 
         def listed():
             return in_shard(opened.items(), *shard) if shard else opened.items()
@@ -87,12 +78,12 @@ def score(sources: list[str], dest: str, model_path: str | None, batch_size: int
             items = annotator.remember(items or iter(()))
         started = time.perf_counter()
         with destination.open() as out:
-            results = scorer.score_items(items or iter(()), workers)
+            results = scorer.score_items(items or iter(()))
             if annotate:
                 results = annotator.draw_all(results)
-            totals = write_all(results, out, lambda stream: tqdm(
-                stream, total=total, unit="img", disable=not progress, file=sys.stderr), neutralise=not raw_csv,
-                fmt=format_for(dest, fmt))
+            totals = formats.write(results, out, settings.output_format, scorer.classes, neutralise=not raw_csv,
+                                   watch=lambda stream: tqdm(stream, total=total, unit="img", disable=not progress,
+                                                             file=sys.stderr))
         totals.skipped = opened.stats.skipped
         return totals, time.perf_counter() - started
     finally:
@@ -109,26 +100,27 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("sources", nargs="+", metavar="SOURCE",
                      help="image file or folder (searched recursively), s3://bucket/prefix or "
                           "s3://bucket/key.jpg; several may be given")
-    run.add_argument("-o", "--output", default=DEFAULT_OUTPUT,
-                     help=f"CSV to write, s3://bucket/key.csv, or '-' for stdout (default: {DEFAULT_OUTPUT})")
-    run.add_argument("--faces", choices=FACE_MODES, default=face_mode_default(),
+    run.add_argument("-o", "--output",
+                     help=f"CSV (or .jsonl) to write, s3://bucket/key.csv, or '-' for stdout (default: "
+                          f"{DEFAULT_OUTPUT}, or DIR/{DEFAULT_OUTPUT} with --annotate DIR)")
+    run.add_argument("--faces", choices=FACE_MODES,
                      help="auto: find the faces, and score a small image (a face crop) whole when none is found; "
                           "detect: only the faces found; whole: each image is one face crop "
                           f"(default: $FACES or {DEFAULT_FACE_MODE})")
     run.add_argument("--annotate", metavar="DIR",
                      help="also write a copy of each image with its faces boxed and labelled into DIR")
-    run.add_argument("--model", help=f"ONNX model (default: $MODEL_PATH or {default_model_path()})")
+    run.add_argument("--model", help="ONNX model (default: $MODEL_PATH or the shipped models/emotion.onnx)")
     run.add_argument("--precision", choices=PRECISIONS,
                      help="fp32, int8, or auto: INT8 where this CPU runs it accurately (default: $PRECISION or "
                           "auto; see docs/performance.md)")
-    run.add_argument("--batch-size", type=_bounded(MAX_BATCH_SIZE), default=256,
+    run.add_argument("--batch-size", type=_bounded(MAX_BATCH_SIZE),
                      help=f"faces per inference call, 1 to {MAX_BATCH_SIZE} (default 256)")
     run.add_argument("--workers", type=_bounded(MAX_WORKERS),
                      help="decode/fetch threads (default: CPUs + 4; 32 with s3:// sources)")
     run.add_argument("--shard", type=shard_argument, metavar="I/N",
                      help="score only shard I of N (0-based) by a stable hash of each path; 'array/N' takes I from "
                           "AWS_BATCH_JOB_ARRAY_INDEX. An OUTPUT ending in '/' gets OUTPUT/parts/part-shard-I-of-N.csv")
-    run.add_argument("--format", choices=FORMATS,
+    run.add_argument("--format", choices=FORMAT_NAMES,
                      help="csv or jsonl (JSON Lines: the same fields, one record per line; default: from DEST's "
                           "extension, .jsonl or .ndjson, else csv)")
     run.add_argument("--raw-csv", action="store_true",
@@ -163,13 +155,12 @@ class _Version(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):
         from batch_job import __version__
-        from batch_job.model import EmotionModel
-        from batch_job.precision import choose
+        from batch_job.api import load_models
 
         try:
-            path = choose(None, default_model_path())
-            name = EmotionModel(path).card.properties.get("model_name", "unnamed")
-            name += ", INT8 on this CPU" if path.name.endswith(".int8.onnx") else ""
+            model, _ = load_models(Settings.from_env(faces="whole"))
+            name = model.card.properties.get("model_name", "unnamed")
+            name += ", INT8 on this CPU" if model.path.name.endswith(".int8.onnx") else ""
         except BatchJobError as error:
             name = f"not loadable: {error}"
         print(f"emotion-batch {__version__} (model {name}, face detector YuNet)")
@@ -252,20 +243,38 @@ def _one_line_warnings() -> None:
     warnings.showwarning = show
 
 
+def output_of(args: argparse.Namespace) -> str:
+    """-o as given; else predictions.csv, inside the --annotate folder when there is one (so a run with
+    annotations never replaces the predictions.csv of an earlier run in the working folder)."""
+    if args.output:
+        if args.shard:  # a run folder gets its part, named in the format asked (a part's name tells merge)
+            from batch_job.formats import get
+
+            index, count = args.shard
+            return output_for(args.output, index, count, get(args.format or "csv").extension)
+        return args.output
+    return os.path.join(args.annotate, DEFAULT_OUTPUT) if args.annotate else DEFAULT_OUTPUT
+
+
 def run_command(args: argparse.Namespace) -> int:
-    if args.faces not in FACE_MODES:  # from $FACES; argparse checked a command-line value already
-        print(f"error: FACES={args.faces!r}: expected one of {', '.join(FACE_MODES)}", file=sys.stderr)
-        return EXIT_USAGE
-    output = output_for(args.output, *args.shard) if args.shard else args.output
+    output = output_of(args)
     progress = sys.stderr.isatty() and not args.no_progress
     try:
-        if args.shard and output != "-" and not is_s3_url(output):
+        fmt, warning = for_destination(output, args.format)
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
+        settings = Settings.from_env(faces=args.faces, precision=args.precision, output_format=fmt,
+                                     batch_size=args.batch_size, workers=args.workers, model=args.model)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if (args.shard or args.annotate) and output != "-" and not is_s3_url(output):
             try:
                 os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
             except OSError as error:
                 raise DestinationError(f"cannot create {os.path.dirname(output)}: {error.strerror}") from None
-        totals, seconds = score(args.sources, output, args.model, args.batch_size, args.workers, progress,
-                                args.faces, args.annotate, args.shard, args.raw_csv, args.format, args.precision)
+        totals, seconds = score(args.sources, output, settings, progress, args.annotate, args.shard, args.raw_csv)
     except BatchJobError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FATAL
@@ -273,11 +282,24 @@ def run_command(args: argparse.Namespace) -> int:
         return EXIT_BROKEN_PIPE
     rate = totals.images / seconds if seconds > 0 else float("inf")
     where = "stdout" if output == "-" else output
-    print(f"scored {totals} in {seconds:.1f} s, {rate:.0f} images/s -> {where}", file=sys.stderr)
+    annotated = f"; annotated copies in {args.annotate}" if args.annotate else ""
+    print(f"scored {totals} in {seconds:.1f} s, {rate:.0f} images/s -> {where}{annotated}", file=sys.stderr)
     return EXIT_SOME_ERRORS if totals.errors else EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line. Ctrl-C at any moment (even while the libraries load) ends it with one line and 130."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing written", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except Stopped as stop:
+        print(f"error: stopped by {signal.Signals(stop.signum).name}; nothing written", file=sys.stderr)
+        return 128 + stop.signum
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     status = bulk_cli.dispatch(args)
     if status is not None:
@@ -289,6 +311,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "report":
         return write_report(args)
     _one_line_warnings()
+    from PIL import Image
+
+    from batch_job.preprocessing import MAX_PIXELS
+
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # this process is ours: Pillow's own limit is ours (the library leaves it)
     previous = {}
     try:
         for signum in (signal.SIGTERM, signal.SIGHUP):
@@ -297,12 +324,6 @@ def main(argv: list[str] | None = None) -> int:
         previous = {}
     try:
         return run_command(args)
-    except KeyboardInterrupt:
-        print("error: interrupted; nothing written", file=sys.stderr)
-        return 128 + signal.SIGINT
-    except Stopped as stop:
-        print(f"error: stopped by {signal.Signals(stop.signum).name}; nothing written", file=sys.stderr)
-        return 128 + stop.signum
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

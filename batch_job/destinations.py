@@ -1,28 +1,35 @@
-"""Where the CSV goes: one place that opens a DEST, checked before any image is scored.
+"""Where the output goes: the one place that opens a DEST for every entry point, checked before any image is
+scored.
 
 - `-`: standard output; a reader that goes away (`| head`) ends the run quietly (OutputClosed).
-- a local path: refused up front when it is a folder, its folder is missing or not writable, or it is one of
-  the input images. Rows go to a temporary file beside it (created during the check, so /proc or a read-only
-  folder fail before the work), renamed into place when complete, with the permissions the umask gives.
-  If the disk fills up or the file grows past a limit mid-run, the rows move to a file in the system's
-  temporary folder and the run ends by naming it: the work is never thrown away.
-- s3://bucket/key: the bucket is checked first; rows go to a local temporary file, uploaded when complete;
-  a refused upload names the local file it kept.
+- a local path: refused up front when it is a folder, a socket or block device, its folder is missing or not
+  writable, it is one of the inputs (a file named as a source, or an image inside a source folder), or another
+  run is writing it now (a lock beside it, released by the system even if that run is killed). Rows go to a
+  temporary file beside it (created during the check, so /proc or a read-only folder fail before the work),
+  renamed into place when complete, with the permissions the umask gives. If the disk fills up or the file
+  grows past a limit mid-run, the rows move to a file in the system's temporary folder and the run ends by
+  naming it: the work is never thrown away. A character device or FIFO (/dev/null, a named pipe) is written
+  in place: it is not a file to replace.
+- s3://bucket/key: the bucket is checked first; rows go to a local temporary file, uploaded when complete with
+  the format's content type; a refused upload names the local file it kept.
 """
 from __future__ import annotations
 
+import fcntl
+import io
 import os
+import stat
 import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO
 
-from batch_job.base import DestinationError, is_s3_url
-from batch_job.preprocessing import is_image_path
+from batch_job.base import MAX_KEY_BYTES, DestinationError, Error, is_image_path, is_s3_url
+from batch_job.formats import CSV, OutputFormat
 
 
-class OutputClosed(Exception):
+class OutputClosed(Error):
     """Standard output was closed by its reader (a broken pipe): nothing is wrong, nobody is listening."""
 
 
@@ -37,8 +44,8 @@ class SpillingFile:
 
     CHUNK = 256 * 1024
 
-    def __init__(self, path: str, fd: int):
-        self.path = path
+    def __init__(self, path: str, fd: int, suffix: str = ".csv"):
+        self.path, self.suffix = path, suffix
         self.file = os.fdopen(fd, "wb", buffering=0)
         self.good = 0  # bytes known to be in the file
         self.pending: list[bytes] = []
@@ -75,7 +82,7 @@ class SpillingFile:
             view = view[written or 0:]
 
     def _spill(self, error: OSError) -> None:
-        fd, fallback = tempfile.mkstemp(prefix="predictions-", suffix=".csv")
+        fd, fallback = tempfile.mkstemp(prefix="predictions-", suffix=self.suffix)
         spill = os.fdopen(fd, "wb", buffering=0)
         with open(self.path, "rb") as written:
             spill.write(written.read(self.good))
@@ -111,10 +118,10 @@ def _umask() -> int:
 
 
 class Destination:
-    """A checked DEST. Use `with destination.open() as out:`; the CSV appears only if the block completes."""
+    """A checked DEST. Use `with destination.open() as out:`; the output appears only if the block completes."""
 
-    def __init__(self, dest: str):
-        self.dest = dest
+    def __init__(self, dest: str, fmt: OutputFormat = CSV):
+        self.dest, self.format = dest, fmt
 
     @contextmanager
     def open(self) -> Iterator[IO[str]]:
@@ -142,59 +149,141 @@ class StdoutDestination(Destination):
         return "stdout"
 
 
+UNWRITABLE_KINDS = {stat.S_IFSOCK: "a socket", stat.S_IFBLK: "a block device"}
+
+
+def _is_input(target: str, sources: list[str]) -> bool:
+    """Whether writing `target` would replace an input: a file named as a source, or an image inside a source
+    folder (the walk would have scored it)."""
+    for source in sources:
+        if is_s3_url(source):
+            continue
+        real = os.path.realpath(source)
+        if target == real:
+            return True
+        if os.path.isdir(real) and target.startswith(real.rstrip("/") + "/") and is_image_path(target):
+            return True
+    return False
+
+
+class OutputLock:
+    """An exclusive lock on `.<name>.lock` beside a local output: a second run writing the same file fails at
+    once instead of silently replacing the first one's output. The system releases it if the run is killed."""
+
+    def __init__(self, dest: str):
+        folder, name = os.path.split(os.path.abspath(dest))
+        self.path = os.path.join(folder, f".{name}.lock")
+        while True:
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise DestinationError(f"another run is writing {dest} now; wait for it to finish or choose "
+                                       "another output") from None
+            try:
+                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    break  # still the file we locked (not one its previous holder removed and another made)
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        self.fd: int | None = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+            os.close(self.fd)
+            self.fd = None
+
+
 class LocalDestination(Destination):
-    def __init__(self, dest: str, sources: list[str]):
-        super().__init__(dest)
-        if os.path.isdir(dest):
+    def __init__(self, dest: str, sources: list[str], fmt: OutputFormat = CSV):
+        super().__init__(dest, fmt)
+        try:
+            info: os.stat_result | None = os.stat(dest)
+        except FileNotFoundError:
+            info = None
+        except OSError as error:
+            raise DestinationError(f"cannot write {dest}: {error.strerror or error}") from None
+        if info is not None and stat.S_ISDIR(info.st_mode):
             raise DestinationError(f"output is a folder, not a file: {dest}")
+        if info is not None and stat.S_IFMT(info.st_mode) in UNWRITABLE_KINDS:
+            raise DestinationError(f"output {dest} is {UNWRITABLE_KINDS[stat.S_IFMT(info.st_mode)]}, not a file")
+        self.in_place = info is not None and (stat.S_ISCHR(info.st_mode) or stat.S_ISFIFO(info.st_mode))
         folder = os.path.dirname(os.path.abspath(dest))
         if not os.path.isdir(folder):
             raise DestinationError(f"output folder does not exist: {folder}")
-        target = os.path.realpath(dest)
-        for source in sources:
-            if is_s3_url(source) or not is_image_path(dest):
-                continue
-            real = os.path.realpath(source)
-            if target == real or (os.path.isdir(real) and target.startswith(real.rstrip("/") + "/")):
-                raise DestinationError(f"output {dest} would overwrite an input image; choose a .csv path")
-        try:
-            self.fd, self.tmp = tempfile.mkstemp(prefix=".predictions-", suffix=".csv", dir=folder)
-        except OSError as error:
-            raise DestinationError(f"cannot write to {folder}: {error.strerror or error}") from None
+        if _is_input(os.path.realpath(dest), sources):
+            raise DestinationError(f"output {dest} is one of the inputs: choose another output path")
         self.opened = False
+        self.lock: OutputLock | None = None
+        if self.in_place:
+            return
+        try:
+            self.lock = OutputLock(dest)
+            self.fd, self.tmp = tempfile.mkstemp(prefix=".predictions-", suffix=fmt.extension, dir=folder)
+        except OSError as error:
+            if self.lock:
+                self.lock.release()
+            raise DestinationError(f"cannot write to {folder}: {error.strerror or error}") from None
 
     def close(self) -> None:
-        if not self.opened:
+        if not self.opened and not self.in_place:
             os.close(self.fd)
             os.unlink(self.tmp)
-            self.opened = True
+        self.opened = True
+        if self.lock:
+            self.lock.release()
 
     @contextmanager
     def open(self) -> Iterator[IO[str]]:
+        if self.in_place:
+            yield from self._open_in_place()
+            return
         self.opened = True
-        sink = SpillingFile(self.tmp, self.fd)
+        sink = SpillingFile(self.tmp, self.fd, self.format.extension)
         keep = False
         try:
-            yield sink  # type: ignore[misc]  # a text sink: csv_output only calls write()
+            yield sink  # type: ignore[misc]  # a text sink: the format's writer only calls write()
             sink.close()
             if sink.spilled_to:
                 keep = True
-                raise DestinationError(f"cannot write {self.dest}: {sink.reason}; the complete CSV is at "
+                raise DestinationError(f"cannot write {self.dest}: {sink.reason}; the complete output is at "
                                        f"{sink.spilled_to}")
             try:
                 os.chmod(self.tmp, 0o666 & ~_umask())
                 os.replace(self.tmp, self.dest)
             except OSError as error:
                 keep = True
-                raise DestinationError(f"cannot write {self.dest}: {error.strerror or error}; the complete CSV "
-                                       f"is at {self.tmp}") from None
+                raise DestinationError(f"cannot write {self.dest}: {error.strerror or error}; the complete "
+                                       f"output is at {self.tmp}") from None
         finally:
             _finish(sink, keep, self.tmp)
 
+    def _open_in_place(self) -> Iterator[IO[str]]:
+        """A character device or FIFO: written as it is, no temporary file, nothing to rename."""
+        try:
+            out = open(self.dest, "w", encoding="utf-8", newline="")
+        except OSError as error:
+            raise DestinationError(f"cannot write {self.dest}: {error.strerror or error}") from None
+        try:
+            yield out
+            out.flush()
+        except OSError as error:
+            raise DestinationError(f"cannot write {self.dest}: {error.strerror or error}") from None
+        finally:
+            try:
+                out.close()
+            except OSError:
+                pass
+
 
 class S3Destination(Destination):
-    def __init__(self, dest: str):
-        super().__init__(dest)
+    def __init__(self, dest: str, fmt: OutputFormat = CSV):
+        super().__init__(dest, fmt)
         from batch_job import s3
 
         self.bucket, self.key = s3.check_destination(dest)
@@ -203,29 +292,53 @@ class S3Destination(Destination):
     def open(self) -> Iterator[IO[str]]:
         from batch_job import s3
 
-        fd, tmp = tempfile.mkstemp(prefix="predictions-", suffix=".csv")
-        sink = SpillingFile(tmp, fd)
+        fd, tmp = tempfile.mkstemp(prefix="predictions-", suffix=self.format.extension)
+        sink = SpillingFile(tmp, fd, self.format.extension)
         keep = False
         try:
             yield sink  # type: ignore[misc]
             sink.close()
             local = sink.spilled_to or tmp
             try:
-                s3.upload_file(local, self.dest)
+                s3.upload_file(local, self.dest, self.format.content_type)
             except DestinationError as error:
                 keep = True
-                raise DestinationError(f"{error}; the complete CSV is kept at {local}") from None
+                raise DestinationError(f"{error}; the complete output is kept at {local}") from None
         finally:
             _finish(sink, keep, tmp)
 
 
-def open_destination(dest: str, sources: list[str] | None = None) -> Destination:
-    """The DEST of a run, checked now (before scoring): '-', a local path or s3://bucket/key."""
+class SmallS3Destination(Destination):
+    """An output known to be small (one SQS or bulk batch: kilobytes to a few MB), written to S3 in one
+    PutObject when complete: no local file, no bucket check first (the put itself tells). The key must fit
+    S3's limit: refused here, before the work, not by S3 after it."""
+
+    def __init__(self, dest: str, fmt: OutputFormat = CSV):
+        super().__init__(dest, fmt)
+        from batch_job import s3
+
+        self.bucket, self.key = s3.parse_url(dest)
+        if not self.key or len(self.key.encode("utf-8")) > MAX_KEY_BYTES:
+            raise DestinationError(f"output key empty or longer than S3's {MAX_KEY_BYTES} bytes: {dest[:80]}...")
+
+    @contextmanager
+    def open(self) -> Iterator[IO[str]]:
+        from batch_job import s3
+
+        out = io.StringIO()
+        yield out
+        s3.put_text(self.bucket, self.key, out.getvalue(), self.format.content_type)
+
+
+def open_destination(dest: str, sources: list[str] | None = None, fmt: OutputFormat = CSV,
+                     small: bool = False) -> Destination:
+    """The DEST of a run, checked now (before scoring): '-', a local path or s3://bucket/key. `small`: an S3
+    output of one Lambda batch, written in one request."""
     if dest == "-":
-        return StdoutDestination(dest)
+        return StdoutDestination(dest, fmt)
     if is_s3_url(dest):
-        return S3Destination(dest)
-    return LocalDestination(dest, sources or [])
+        return SmallS3Destination(dest, fmt) if small else S3Destination(dest, fmt)
+    return LocalDestination(dest, sources or [], fmt)
 
 
 __all__ = ["Destination", "OutputClosed", "open_destination"]

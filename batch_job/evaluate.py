@@ -1,11 +1,10 @@
 """Accuracy of a predictions CSV whose paths name their true class (e.g. test/happy/1.jpg or happy/1.jpg)."""
 from __future__ import annotations
 
-import csv
 from collections import Counter
 from pathlib import PurePosixPath
 
-from batch_job.preprocessing import CLASSES
+from batch_job.results import CLASSES
 
 
 def label_of(path: str) -> str | None:
@@ -21,8 +20,11 @@ def evaluate(csv_path: str) -> dict:
     (face 1), or its whole-image row. Error rows and images without a face count as wrong."""
     total: Counter[str] = Counter()
     correct: Counter[str] = Counter()
-    with open(csv_path, newline="") as f:
-        for row in csv.DictReader(f):
+    from batch_job import formats
+
+    fmt = formats.of_name(csv_path) or formats.CSV
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        for row in fmt.records(f):
             label = label_of(row["path"])
             if label is None or row.get("face", "1") not in ("", "0", "1"):
                 continue

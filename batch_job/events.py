@@ -16,12 +16,12 @@ import json
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
-from batch_job.base import MAX_KEY_BYTES, S3_SCHEME, is_s3_url
+from batch_job.base import MAX_KEY_BYTES, S3_SCHEME, BatchJobError, is_s3_url
 
 S3_TEST_EVENT = "s3:TestEvent"
 
 
-class EventError(ValueError):
+class EventError(BatchJobError, ValueError):
     """An event, or an SQS message body, that is not something this function can score."""
 
 
@@ -143,13 +143,13 @@ def prefix_request(event: dict, output_bucket: str = "", output_prefix: str = ""
     return source, output
 
 
-def output_name(objects: list[S3Object] | tuple[S3Object, ...], prefix: str = "") -> str:
+def output_name(objects: list[S3Object] | tuple[S3Object, ...], prefix: str = "", extension: str = ".csv") -> str:
     """A CSV name that depends only on which uploads are scored: a retried or redelivered event gets the
     same name (its CSV is overwritten, never duplicated); a new upload of the same key gets a new one.
 
-    One object: '<bucket>/<key>.<id>.csv' (found by listing '<bucket>/<key>.'); several: 'batch-<id>.csv'.
-    When `prefix` + that name would pass S3's 1,024-byte key limit, the key part is cut (at a character
-    boundary) and the id, which depends on the whole key, keeps names apart.
+    One object: '<bucket>/<key>.<id><extension>' (found by listing '<bucket>/<key>.'); several:
+    'batch-<id><extension>'. When `prefix` + that name would pass S3's 1,024-byte key limit, the key part is
+    cut (at a character boundary) and the id, which depends on the whole key, keeps names apart.
     """
     identity = sorted({(o.bucket, o.key, o.version) for o in objects})
     if not identity:
@@ -157,10 +157,10 @@ def output_name(objects: list[S3Object] | tuple[S3Object, ...], prefix: str = ""
     digest = hashlib.sha256(json.dumps(identity, ensure_ascii=False).encode("utf-8")).hexdigest()
     if len(identity) == 1:
         bucket, key, _ = identity[0]
-        name = f"{bucket}/{key}.{digest[:12]}.csv"
-        room = MAX_KEY_BYTES - len(prefix.encode("utf-8")) - len(f"{bucket}/.{digest[:12]}.csv".encode())
+        name = f"{bucket}/{key}.{digest[:12]}{extension}"
+        room = MAX_KEY_BYTES - len(prefix.encode("utf-8")) - len(f"{bucket}/.{digest[:12]}{extension}".encode())
         if len((prefix + name).encode("utf-8")) > MAX_KEY_BYTES and room > 0:
             short = key.encode("utf-8")[:room].decode("utf-8", errors="ignore")
-            name = f"{bucket}/{short}.{digest[:12]}.csv"
+            name = f"{bucket}/{short}.{digest[:12]}{extension}"
         return name
-    return f"batch-{digest[:20]}.csv"
+    return f"batch-{digest[:20]}{extension}"

@@ -145,6 +145,7 @@ class FaceDetector:
             self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as error:  # onnxruntime raises its own exception types for bad files
             raise DetectorError(f"cannot load face detector {self.path}: {error}") from None
+        self.properties = dict(self.session.get_modelmeta().custom_metadata_map)
         self.output_names = [output.name for output in self.session.get_outputs()]
         expected = {f"{kind}_{stride}" for kind in ("cls", "obj", "bbox", "kps") for stride in STRIDES}
         if set(self.output_names) != expected:

@@ -18,9 +18,8 @@ import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from batch_job.base import Item, ReadError
+from batch_job.base import Item, ReadError, is_image_path
 from batch_job.budget import READS
-from batch_job.preprocessing import is_image_path
 
 MAX_INPUT_BYTES = 64 * 1024 * 1024  # far beyond any photo of faces; larger files get an error row
 FILE_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",

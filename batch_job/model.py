@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from batch_job import integrity
 from batch_job.base import ModelError, models_dir
-from batch_job.preprocessing import CLASSES
+from batch_job.results import CLASSES
 
 MODEL_FILE = "emotion.onnx"
 
@@ -60,14 +61,20 @@ class EmotionModel:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads
         try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+            data = self.path.read_bytes()
+        except OSError as error:
+            raise ModelError(f"cannot read model {self.path}: {error.strerror or error}") from None
+        try:
+            self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
         except Exception as error:  # onnxruntime raises its own exception types for bad files
-            raise ModelError(f"cannot load model {self.path}: {error}") from None
+            raise ModelError(f"cannot load model {self.path}: {str(error).splitlines()[0]}") from None
         self.card = ModelCard.from_metadata(self.session.get_modelmeta().custom_metadata_map)
         if self.card.classes != CLASSES:
             raise ModelError(f"model classes {self.card.classes} differ from the service's {CLASSES}")
         self.input_name = self.session.get_inputs()[0].name
         self._check_contract()
+        integrity.verify(data, self.card.properties, self.predict, self.card.input_size, self.card.channels,
+                         f"model {self.path}")
 
     def _check_contract(self) -> None:
         """The graph must take what the card says and give one probability per class: checked once at load,
@@ -93,8 +100,13 @@ class EmotionModel:
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 (N, size, size, channels) -> float32 probabilities (N, classes)."""
-        out = self.session.run(None, {self.input_name: pixels.astype(np.float32, copy=False)})[0]
-        if self.card.outputs_logits:
-            shifted = np.exp(out - out.max(axis=1, keepdims=True))
-            out = shifted / shifted.sum(axis=1, keepdims=True)
-        return out
+        return run(self.session, self.input_name, pixels, self.card.outputs_logits)
+
+
+def run(session, input_name: str, pixels: np.ndarray, logits: bool) -> np.ndarray:
+    """The graph on a uint8 batch -> probabilities (softmax applied here when the graph ends in logits)."""
+    out = session.run(None, {input_name: pixels.astype(np.float32, copy=False)})[0]
+    if logits:
+        shifted = np.exp(out - out.max(axis=1, keepdims=True))
+        out = shifted / shifted.sum(axis=1, keepdims=True)
+    return out

@@ -12,60 +12,24 @@ import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from itertools import islice
 
 import numpy as np
 
-from batch_job.analysis import DEFAULT_FACE_MODE, NO_FACE, Analysis, analyse
+from batch_job.analysis import DEFAULT_FACE_MODE, Analysis, analyse
 from batch_job.base import InputError, Item, usable_cpus  # noqa: F401 - usable_cpus: bench uses it from here
 from batch_job.budget import READS
 from batch_job.faces import FaceDetector
 from batch_job.model import EmotionModel
-from batch_job.preprocessing import CLASSES
+from batch_job.results import NO_FACE, FaceResult, ImageResult
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class FaceResult:
-    """One scored face: where it is and what the model says."""
-    number: int  # 1, 2, ... largest first
-    box: tuple[int, int, int, int]  # left, top, width, height in displayed pixels
-    score: float | None  # the detector's score; None when the image was scored whole
-    probabilities: np.ndarray  # one per class, in CLASSES order
-
-    @property
-    def emotion(self) -> str:
-        return CLASSES[int(self.probabilities.argmax())]
-
-    @property
-    def confidence(self) -> float:
-        return float(self.probabilities.max())
-
-    def as_dict(self) -> dict[str, float]:
-        """{'happy': 0.91, 'neutral': 0.04, ...}"""
-        return {name: float(p) for name, p in zip(CLASSES, self.probabilities, strict=True)}
-
-
-@dataclass(frozen=True)
-class ImageResult:
-    """Everything about one input: its faces, or the reason it has none."""
-    path: str
-    faces: tuple[FaceResult, ...] = ()
-    error: str = ""  # why it could not be scored ('' when it was, NO_FACE when it holds no face)
-    transient: bool = False  # the failure may pass on a retry (S3 throttling, 5xx)
-
-    @property
-    def failed(self) -> bool:
-        """A real error (unreadable, corrupt...); an image without a face is not one."""
-        return bool(self.error) and self.error != NO_FACE
 
 
 def _analyse(item: Item, mode: str, detector: FaceDetector | None, size: int, channels: int) -> Analysis:
     """Faces, or an error: a bad input must never stop the batch."""
     try:
-        return analyse(item.read(), mode, detector, size, channels)
+        with READS.thread_scope():  # the bytes the reader reserved are gone with this frame
+            return analyse(item.read(), mode, detector, size, channels)
     except InputError as error:
         return Analysis(error=str(error), transient=error.transient)
     except OSError as error:
@@ -73,29 +37,35 @@ def _analyse(item: Item, mode: str, detector: FaceDetector | None, size: int, ch
     except Exception as error:  # noqa: BLE001 - odd codecs, library bugs: anything becomes an error row
         log.warning("unexpected error on %s", item.path, exc_info=True)
         return Analysis(error=f"{type(error).__name__}: {error}")
-    finally:
-        READS.release_thread()  # the bytes the reader reserved are gone with this frame
 
 
 def decoded(items: Iterable[Item], decode: Callable[[Item], Analysis], workers: int,
-            lookahead: int, chunk: int = 8) -> Iterator[tuple[Item, Analysis]]:
-    """Ordered, bounded parallel map: at most `lookahead` items are queued, decoding or held at any time.
+            lookahead: int, chunk: int = 8, max_held: int | None = None) -> Iterator[tuple[Item, Analysis]]:
+    """Ordered, bounded parallel map: at most `lookahead` items, and items holding at most `max_held` bytes of
+    their own (images given in memory, Item.held; at least one item always), are queued, decoding or held.
 
     Items go to the threads `chunk` at a time: a 48x48 crop decodes in tens of microseconds, about what one
     hand-over between threads costs, so one hand-over per item would spend as much time queueing as working.
     """
     chunk = max(1, min(chunk, lookahead))
+    max_held = READS.total if max_held is None else max_held
     pending: deque[tuple[list[Item], Future]] = deque()
-    in_flight = 0
+    in_flight = held = 0
     with ThreadPoolExecutor(max_workers=workers) as pool:
         try:
             iterator = iter(items)
             while True:
-                while pending and in_flight + chunk > lookahead:  # room for a whole chunk before reading on
+                while pending and (in_flight + chunk > lookahead or held >= max_held):  # room before reading on
                     done, future = pending.popleft()
                     in_flight -= len(done)
+                    held -= sum(item.held for item in done)
                     yield from zip(done, future.result(), strict=True)
-                group = list(islice(iterator, chunk))
+                group: list[Item] = []
+                for item in iterator:  # a chunk, cut short once its items hold the byte bound
+                    group.append(item)
+                    held += item.held
+                    if len(group) == chunk or held >= max_held:
+                        break
                 if not group:
                     break
                 pending.append((group, pool.submit(_decode_all, decode, group)))
@@ -112,24 +82,28 @@ def _decode_all(decode: Callable[[Item], Analysis], group: list[Item]) -> list[A
     return [decode(item) for item in group]
 
 
-def _score_batch(batch: list[tuple[Item, Analysis]], model: EmotionModel) -> list[ImageResult]:
+Named = tuple[str, str]  # (path, version) of an input
+
+
+def _score_batch(batch: list[tuple[Named, Analysis]], model: EmotionModel) -> list[ImageResult]:
     """Run the model once on every face of a batch of images; images without faces keep their rows."""
     crops = [face.pixels for _, analysis in batch for face in analysis.faces]
     probs = iter(model.predict(np.stack(crops))) if crops else iter(())
     results = []
-    for item, analysis in batch:
+    for (path, version), analysis in batch:
         if analysis.error or not analysis.faces:
-            results.append(ImageResult(item.path, error=analysis.error or NO_FACE, transient=analysis.transient))
+            results.append(ImageResult(path, error=analysis.error or NO_FACE, transient=analysis.transient,
+                                       version=version))
             continue
-        faces = tuple(FaceResult(number, face.box, face.score, next(probs))
+        faces = tuple(FaceResult(number, face.box, face.score, next(probs), model.card.classes)
                       for number, face in enumerate(analysis.faces, start=1))
-        results.append(ImageResult(item.path, faces))
+        results.append(ImageResult(path, faces, version=version))
     return results
 
 
-def _face_batches(pairs: Iterable[tuple[Item, Analysis]], size: int) -> Iterator[list[tuple[Item, Analysis]]]:
+def _face_batches(pairs: Iterable[tuple[Named, Analysis]], size: int) -> Iterator[list[tuple[Named, Analysis]]]:
     """Consecutive images grouped until they hold at least `size` faces (or the input ends)."""
-    batch: list[tuple[Item, Analysis]] = []
+    batch: list[tuple[Named, Analysis]] = []
     faces = 0
     for pair in pairs:
         batch.append(pair)
@@ -155,8 +129,9 @@ def predict(items: Iterable[Item], model: EmotionModel, batch_size: int = 256, w
     cpus = usable_cpus()
     parallel = max(1, cpus // model.threads)
     workers = workers or min(32, cpus + 4)
-    pairs = decoded(items, lambda item: _analyse(item, faces, detector, size, channels), workers,
-                    lookahead=(parallel + 1) * batch_size)
+    pairs = (((item.path, item.version), analysis) for item, analysis in  # the item (and its image) ends here
+             decoded(items, lambda item: _analyse(item, faces, detector, size, channels), workers,
+                     lookahead=(parallel + 1) * batch_size))
     pending: deque[Future] = deque()
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         for batch in _face_batches(pairs, batch_size):

@@ -12,9 +12,13 @@ from __future__ import annotations
 import json
 import os
 import platform
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
-PRECISIONS = ("fp32", "int8", "auto")
+from batch_job.settings import precision as checked_precision
+
+T = TypeVar("T")
 VNNI = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
@@ -55,8 +59,7 @@ def int8_info(path: Path) -> dict | None:
 
 def resolve(precision: str, flags: set[str], machine: str, int8: dict | None) -> str:
     """'fp32' or 'int8' for a requested precision on a CPU (flags, machine) given the INT8 graph's card."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    precision = checked_precision(precision)
     if precision != "auto":
         return precision
     if int8 is None:
@@ -76,7 +79,8 @@ def int8_path(fp32_path: Path) -> Path:
 def choose(precision: str | None, fp32_path: Path, required: bool = True) -> Path:
     """The file to load for the model at `fp32_path`: itself, or its INT8 sibling. With required=False a model
     that has no INT8 graph (the face detector: INT8 was slower, models/int8.json) runs fp32 whatever is asked."""
-    precision = (precision or os.environ.get("PRECISION", "") or "auto").strip().lower()
+    precision = checked_precision(precision or os.environ.get("PRECISION", "").strip() or "auto",
+                                  "precision" if precision else "PRECISION")
     quantized = int8_path(fp32_path)
     if not required and not quantized.is_file():
         return fp32_path
@@ -87,3 +91,26 @@ def choose(precision: str | None, fp32_path: Path, required: bool = True) -> Pat
     info = int8_info(quantized) if precision == "auto" else None
     choice = resolve(precision, cpu_flags(), platform.machine(), info) if precision == "auto" else precision
     return quantized if choice == "int8" else fp32_path
+
+
+def load(fp32_path: Path, precision: str, loader: Callable[[Path], T], card: Callable[[T], dict],
+         required: bool = True) -> T:
+    """The model at `fp32_path`, loaded once in the precision asked: fp32, its INT8 sibling, or (auto) INT8 where
+    this CPU runs it accurately, judged from the INT8 graph's own card (`card(model)['int8']`). With
+    required=False a model without an INT8 graph (the face detector) runs fp32 whatever is asked."""
+    precision = checked_precision(precision)
+    quantized = int8_path(fp32_path)
+    if precision == "fp32" or (not quantized.is_file() and (precision == "auto" or not required)):
+        return loader(fp32_path)
+    if not quantized.is_file():
+        from batch_job.base import ModelError
+
+        raise ModelError(f"no INT8 graph beside {fp32_path} (make it with python -m converter.quantize)")
+    model = loader(quantized)
+    if precision == "int8":
+        return model
+    try:
+        info = json.loads(card(model).get("int8") or "null")
+    except ValueError:
+        info = None
+    return model if resolve("auto", cpu_flags(), platform.machine(), info) == "int8" else loader(fp32_path)

@@ -24,10 +24,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from batch_job.base import ImageError
 
-CLASSES = ("happy", "neutral", "sad", "surprise")
 INPUT_SIZE = 48
 MAX_PIXELS = 120_000_000  # a 108 MP phone photo fits; beyond this we refuse (decompression bombs)
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
 PREPROCESSING = "exif-orient, alpha over white, 16-bit scaled to 8, grayscale, center-crop square, bilinear resize"
 # A detected face is cropped as a square of FACE_CROP_SCALE x the box's longer side, centred FACE_CROP_SHIFT
 # crop sides below the box's centre: on 1,000 train crops upscaled to 192 px, YuNet's box is 0.96-0.99 of the
@@ -154,11 +152,6 @@ def _decoding() -> Iterator[None]:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise ImageError(f"cannot decode image: {error}") from None
-
-
-def is_image_path(path: Union[str, Path]) -> bool:
-    """Whether a file found while walking a folder (or listing a prefix) counts as an image to score."""
-    return Path(str(path)).suffix.lower() in IMAGE_EXTENSIONS
 
 
 def orientation(image: Image.Image) -> int:

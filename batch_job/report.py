@@ -8,21 +8,22 @@ cost no more memory than the page shows.
 from __future__ import annotations
 
 import base64
-import csv
 import heapq
 import html
 import io
+import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, ImageOps
+from PIL import Image
 
-from batch_job.analysis import NO_FACE
-from batch_job.annotate import COLORS
-from batch_job.base import is_s3_url
-from batch_job.csv_output import Totals
-from batch_job.preprocessing import CLASSES, ImageError, open_image
+from batch_job import formats
+from batch_job.annotate import COLORS, display_cost, displayed_rgb
+from batch_job.base import BatchJobError, is_s3_url
+from batch_job.budget import DECODES, READS
+from batch_job.preprocessing import ImageError, open_image
+from batch_job.results import CLASSES, NO_FACE, Totals
 
 THUMBNAILS_PER_EMOTION = 60
 LISTED = 500  # errors and faceless images listed at most (all are counted)
@@ -30,8 +31,8 @@ THUMB = 96
 REQUIRED = ("path", "face", "left", "top", "width", "height", "emotion", "confidence", "error")
 
 
-class ReportError(ValueError):
-    """The CSV is not a predictions CSV of this tool."""
+class ReportError(BatchJobError, ValueError):
+    """The file is not a predictions CSV (or JSON Lines file) of this tool."""
 
 
 @dataclass
@@ -54,12 +55,18 @@ def read_csv(csv_path: str | Path) -> tuple[Summary, dict[str, list[FaceRow]], l
     worst: dict[str, list[tuple[float, int, FaceRow]]] = defaultdict(list)  # lowest confidences, as max-heaps
     errors: list[tuple[str, str]] = []
     no_face: list[str] = []
+    fmt = formats.of_name(str(csv_path)) or formats.CSV
+    kind = "CSV" if fmt is formats.CSV else "JSON Lines file"
     with open(csv_path, newline="", encoding="utf-8", errors="replace") as f:
-        reader = csv.DictReader(f)
-        missing = [column for column in REQUIRED if column not in (reader.fieldnames or [])]
+        try:
+            names, rows = fmt.read(f)
+        except ValueError as error:
+            raise ReportError(f"{csv_path} is not a predictions {kind}: {error}") from None
+        missing = [column for column in REQUIRED if column not in names]
         if missing:
-            raise ReportError(f"{csv_path} is not a predictions CSV (missing columns: {', '.join(missing)})")
-        for row in reader:
+            raise ReportError(f"{csv_path} is not a predictions {kind} (missing columns: {', '.join(missing)})")
+        for cells in rows:
+            row = dict(zip(names, cells, strict=False))
             summary.images += row["face"] in ("", "0", "1")  # each input has exactly one such row
             if row["emotion"]:
                 summary.faces += 1
@@ -108,7 +115,8 @@ def bar_chart(per_emotion: Counter) -> str:
 
 
 def _reader(images: str):
-    """A function path -> bytes for the SOURCE the CSV was made from (a folder, one file, or s3://)."""
+    """A function path -> bytes for the SOURCE the CSV was made from (a folder, one file, or s3://). Paths are
+    as the CSV shows them (non-UTF-8 names quoted, batch_job.local.display_name)."""
     if is_s3_url(images):
         from batch_job import s3
 
@@ -119,13 +127,15 @@ def _reader(images: str):
                 return s3.read_object(*s3.parse_url(path))
             return s3.read_object(bucket, path)
         return read_s3
+    from batch_job.local import original_name, read_file
+
     root = Path(images)
 
     def read_local(path: str) -> bytes:
-        candidate = Path(path)
         if root.is_file():
-            return root.read_bytes()
-        return (candidate if candidate.is_absolute() or candidate.exists() else root / path).read_bytes()
+            return read_file(str(root))
+        candidate = os.fsdecode(original_name(path))
+        return read_file(candidate if os.path.isabs(candidate) else os.path.join(root, candidate))
     return read_local
 
 
@@ -138,20 +148,24 @@ def thumbnails(faces: dict[str, list[FaceRow]], images: str) -> dict[tuple[str, 
             by_path[row.path].append(row)
     out = {}
     for path, rows in by_path.items():
-        try:
-            with open_image(read(path)) as opened:
-                image = ImageOps.exif_transpose(opened).convert("RGB")
-        except (OSError, ImageError, ValueError):
+        try:  # each image read and decoded inside the budgets the scorer uses: memory stays bounded
+            with READS.thread_scope(), open_image(read(path)) as opened, DECODES.hold(display_cost(opened)):
+                image = displayed_rgb(opened)
+                for row in rows:
+                    out[(row.path, row.face)] = _thumbnail(image, row.box)
+        except (OSError, BatchJobError, ImageError, ValueError):
             continue
-        for row in rows:
-            left, top, width, height = row.box
-            pad = max(width, height) // 8
-            crop = image.crop((left - pad, top - pad, left + width + pad, top + height + pad))
-            crop.thumbnail((THUMB, THUMB), Image.Resampling.LANCZOS)
-            buffer = io.BytesIO()
-            crop.save(buffer, "JPEG", quality=85)
-            out[(row.path, row.face)] = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
     return out
+
+
+def _thumbnail(image: Image.Image, box: tuple[int, int, int, int]) -> str:
+    left, top, width, height = box
+    pad = max(width, height) // 8
+    crop = image.crop((left - pad, top - pad, left + width + pad, top + height + pad))
+    crop.thumbnail((THUMB, THUMB), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    crop.save(buffer, "JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}h1{margin-bottom:0}

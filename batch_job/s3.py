@@ -11,10 +11,18 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
-from batch_job.base import MAX_KEY_BYTES, S3_SCHEME, DestinationError, Item, ReadError, SourceError, is_s3_url  # noqa: F401
+from batch_job.base import (  # noqa: F401
+    MAX_KEY_BYTES,
+    S3_SCHEME,
+    DestinationError,
+    Item,
+    ReadError,
+    SourceError,
+    is_image_path,
+    is_s3_url,
+)
 from batch_job.budget import READS
 from batch_job.local import MAX_INPUT_BYTES, WalkStats
-from batch_job.preprocessing import is_image_path
 
 SCHEME = S3_SCHEME
 S3_WORKERS = 32  # fetch threads for S3 sources: requests are latency-bound, not CPU-bound
@@ -109,9 +117,9 @@ def read_object(bucket: str, key: str) -> bytes:
         raise ReadError(describe(error), transient=is_transient(error)) from None
 
 
-def object_item(bucket: str, key: str, path: str | None = None) -> Item:
+def object_item(bucket: str, key: str, path: str | None = None, version: str = "") -> Item:
     """One object as a pipeline item; nothing is fetched until the pipeline calls read()."""
-    return Item(key if path is None else path, lambda: read_object(bucket, key))
+    return Item(key if path is None else path, lambda: read_object(bucket, key), version=version)
 
 
 def list_keys(bucket: str, prefix: str, stats: WalkStats | None = None) -> Iterator[str]:
@@ -186,17 +194,16 @@ def check_destination(url: str) -> tuple[str, str]:
     return bucket, key
 
 
-def upload_file(path: str, url: str) -> None:
+def upload_file(path: str, url: str, content_type: str) -> None:
     from botocore.exceptions import BotoCoreError, ClientError
 
     bucket, key = parse_url(url)
     try:
-        client().upload_file(path, bucket, key, ExtraArgs={"ContentType": "text/csv"})
+        client().upload_file(path, bucket, key, ExtraArgs={"ContentType": content_type})
     except (ClientError, BotoCoreError) as error:
         raise DestinationError(f"cannot upload {url}: {describe(error)}") from None
 
 
-def put_text(bucket: str, key: str, text: str) -> None:
-    """Write a small CSV or JSON Lines file in one request (the Lambda handler's per-message output)."""
-    kind = "application/x-ndjson" if key.endswith(".jsonl") else "text/csv"
-    client().put_object(Bucket=bucket, Key=key, Body=text.encode("utf-8"), ContentType=kind)
+def put_text(bucket: str, key: str, text: str, content_type: str) -> None:
+    """Write a small output file in one request (the Lambda upload path's and bulk batches' outputs)."""
+    client().put_object(Bucket=bucket, Key=key, Body=text.encode("utf-8"), ContentType=content_type)

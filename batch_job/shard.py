@@ -80,15 +80,15 @@ def in_shard(items: Iterable[T], index: int, count: int) -> Iterator[T]:
             yield item
 
 
-def part_name(index: int, count: int) -> str:
+def part_name(index: int, count: int, extension: str = ".csv") -> str:
     """The part a shard writes: sorts in shard order and says how many shards the run had."""
-    return f"part-shard-{index:05d}-of-{count:05d}.csv"
+    return f"part-shard-{index:05d}-of-{count:05d}{extension}"
 
 
-def output_for(dest: str, index: int, count: int) -> str:
+def output_for(dest: str, index: int, count: int, extension: str = ".csv") -> str:
     """Where shard i of N writes. A folder (a destination ending in '/', local or s3://) gets the run layout
     the bulk path uses, <dest>parts/part-shard-<i>-of-<N>.csv, which `merge` and Athena read; a file name is
     used as given (the caller chose it)."""
     if dest.endswith("/"):
-        return posixpath.join(dest, "parts", part_name(index, count))
+        return posixpath.join(dest, "parts", part_name(index, count, extension))
     return dest

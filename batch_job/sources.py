@@ -11,9 +11,8 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from batch_job.base import S3_SCHEME, Item, SourceError, is_s3_url  # noqa: F401 - Item, SourceError re-exported
+from batch_job.base import S3_SCHEME, Item, SourceError, is_image_path, is_s3_url  # noqa: F401 - Item, SourceError re-exported
 from batch_job.local import WalkStats, local_items
-from batch_job.preprocessing import is_image_path
 
 
 def _is_single_s3_object(url: str) -> bool:

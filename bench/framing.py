@@ -27,7 +27,8 @@ sys.path.insert(0, str(REPO))
 
 from batch_job.faces import FaceDetector  # noqa: E402
 from batch_job.model import EmotionModel  # noqa: E402
-from batch_job.preprocessing import CLASSES, crop_face, load_image  # noqa: E402
+from batch_job.preprocessing import crop_face, load_image  # noqa: E402
+from batch_job.results import CLASSES  # noqa: E402
 from trainer.data import data_dir, list_split  # noqa: E402
 
 UPSCALE = 192  # train/validation crops are upscaled to this before detection, like a face in a photo

@@ -31,8 +31,8 @@ def main() -> None:
     import numpy as np
     from PIL import Image
 
-    from batch_job.preprocessing import CLASSES, load_image
-
+    from batch_job.preprocessing import load_image
+    from batch_job.results import CLASSES
     model = keras.models.load_model(args.model, compile=False)
     channels = int(model.input_shape[-1])
     paths = sorted(p for folder in args.images for p in Path(folder).glob("*/*") if p.suffix.lower() == ".jpg")

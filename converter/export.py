@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from batch_job.preprocessing import CLASSES, INPUT_SIZE, PREPROCESSING, with_channels
+from batch_job.preprocessing import INPUT_SIZE, PREPROCESSING, with_channels
+from batch_job.results import CLASSES
 
 OPSET = 17
 
@@ -127,6 +128,10 @@ def export(keras_path: Path, output: Path, data_root: str | None = None, toleran
     for key, value in card.items():
         proto.metadata_props.add(key=key, value=value)
     proto.doc_string = "Facial emotion classifier (happy, neutral, sad, surprise); see metadata for the model card."
+    from converter.seal import FP32_TOLERANCE, seal
+
+    proto = seal(proto, FP32_TOLERANCE)
+    card.update({entry.key: entry.value for entry in proto.metadata_props if entry.key in ("graph_sha256", "reference")})
     output.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, output)
     readable = {k: (json.loads(v) if v[:1] in "[{" else v) for k, v in card.items()}

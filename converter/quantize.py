@@ -76,6 +76,10 @@ def quantize(source: Path, target: Path, name: str, batches: list[np.ndarray], w
     proto, card = onnx.load(str(target)), onnx.load(str(source))
     del proto.metadata_props[:]
     proto.metadata_props.extend(card.metadata_props)
+    if any(entry.key == "classes" for entry in card.metadata_props):  # the emotion model's card: its own seal
+        from converter.seal import INT8_TOLERANCE, seal
+
+        proto = seal(proto, INT8_TOLERANCE)
     onnx.save(proto, str(target))
 
 

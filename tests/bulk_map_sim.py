@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     import boto3
     from moto import mock_aws
 
-    from batch_job import bulk, handler, s3
+    from batch_job import bulk, runtime, s3
     from tests.cloud_helpers import DUMMY_CREDENTIALS, image_bytes, put_many
     from tests.conftest import SHARED_DATA, SHIPPED_MODEL
 
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
         put_many(client, "sim-input", {f"photos/{i // 1000:04d}/face {i}.jpg": bodies[i % len(bodies)]
                                        for i in range(args.objects)})
         s3.reset_client()
-        handler.get_model()  # a warm container: the model load is not part of the rate
+        runtime.scorer(runtime.Config.from_env())  # a warm container: the model load is not part of the rate
         settings = batcher()
         started = time.perf_counter()
         items = listing_items(client, "sim-input", "photos/")

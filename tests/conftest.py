@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from batch_job.preprocessing import CLASSES
+from batch_job.results import CLASSES
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("EMOTION_DATA_DIR") or REPO.parent / "shared" / "data" / "facial_emotion_images")
@@ -39,7 +39,9 @@ def build_tiny_onnx(path: Path, seed: int = 0, classes=CLASSES) -> Path:
     model.ir_version = 8
     for key, value in {"classes": json.dumps(list(classes)), "input_size": "48", "channels": "1"}.items():
         model.metadata_props.add(key=key, value=value)
-    save(model, path)
+    from converter.seal import seal
+
+    save(seal(model), path)
     return path
 
 

@@ -12,8 +12,8 @@ from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeou
 
 from batch_job import bulk, bulk_run, s3
 from batch_job.bulk import TransientS3Error, parse_batch, part_name
-from batch_job.csv_output import COLUMNS
 from batch_job.events import EventError, S3Object
+from batch_job.formats import COLUMNS
 from tests.cloud_helpers import CORRUPT_JPEG, all_keys, aws, deployed_buckets, get_text, image_bytes, read_csv  # noqa: F401
 
 IN, OUT = "bulk-test-input", "bulk-test-output"
@@ -192,9 +192,8 @@ def test_malformed_batches_are_rejected_with_a_reason(event):
 def test_a_batch_counts_a_row_per_face_and_no_face_rows_are_not_errors():
     import numpy as np
 
-    from batch_job.analysis import NO_FACE
-    from batch_job.csv_output import Totals
     from batch_job.pipeline import FaceResult, ImageResult
+    from batch_job.results import NO_FACE, Totals
 
     face = FaceResult(1, (0, 0, 1, 1), 0.9, np.full(4, 0.25))
     totals = Totals.of([ImageResult("a.png", (face, face)), ImageResult("b.png", error="broken"),

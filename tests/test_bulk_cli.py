@@ -15,7 +15,7 @@ from botocore.stub import Stubber
 from moto import mock_aws
 
 from batch_job import bulk_cli
-from batch_job.csv_output import COLUMNS
+from batch_job.formats import COLUMNS, columns
 from tests.bulk_map_sim import ASL
 from tests.cloud_helpers import REGION, aws, get_text, read_csv  # noqa: F401
 
@@ -215,7 +215,7 @@ def test_athena_ddl_reads_the_parts_folder_with_todays_columns(capsys):
     assert cli("merge", f"s3://{OUT}/runs/june", "--athena", "june_2026") == 0
     ddl = capsys.readouterr().out
     assert ddl.startswith("CREATE EXTERNAL TABLE june_2026 (") and f"LOCATION 's3://{OUT}/runs/june/parts/'" in ddl
-    assert re.findall(r"`(\w+)` string", ddl) == COLUMNS  # whatever the CSV's columns are, in order
+    assert re.findall(r"`(\w+)` string", ddl) == columns(versioned=True)  # the parts' columns, in order
     assert "'skip.header.line.count'='1'" in ddl
     assert cli("merge", f"s3://{OUT}/runs/june/", "--athena", "June-2026") == 1
     assert "lowercase" in capsys.readouterr().err

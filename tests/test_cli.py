@@ -12,10 +12,11 @@ import pytest
 from PIL import Image
 
 from batch_job.cli import main
-from batch_job.csv_output import COLUMNS
+from batch_job.formats import COLUMNS
 from batch_job.model import EmotionModel
 from batch_job.pipeline import decoded
-from batch_job.preprocessing import CLASSES, load_image
+from batch_job.preprocessing import load_image
+from batch_job.results import CLASSES
 from batch_job.sources import Item
 from tests.conftest import REPO, face_like
 

@@ -11,10 +11,11 @@ import pytest
 from PIL import Image
 
 from batch_job import analysis as analysis_module
-from batch_job.analysis import NO_FACE, analyse, detection_scale
+from batch_job.analysis import analyse, detection_scale
 from batch_job.cli import main
 from batch_job.faces import FaceDetector, decode, iou, non_max_suppression, to_input
-from batch_job.preprocessing import CLASSES, crop_face, displayed_size
+from batch_job.preprocessing import crop_face, displayed_size
+from batch_job.results import CLASSES, NO_FACE
 from tests.conftest import SHARED_PHOTOS, needs_photos
 
 # The astronaut's face in ../shared/photos/astronaut.png, judged by eye (brows to chin, cheek to cheek).
@@ -172,7 +173,7 @@ def test_a_blank_photo_gets_one_no_face_row_and_is_not_a_failure(tmp_path, tiny_
     assert main(["run", str(tmp_path / "blank.jpg"), "--model", str(tiny_model), "-o", str(out)]) == 0
     (row,) = rows_of(out)
     assert row["face"] == "0" and row["emotion"] == "" and row["p_happy"] == "" and row["error"] == NO_FACE
-    assert "1 images, 0 faces, 1 without a face, 0 errors" in capsys.readouterr().err
+    assert "1 image, 0 faces, 1 without a face, 0 errors" in capsys.readouterr().err
 
 
 @needs_photos
@@ -238,7 +239,7 @@ def test_faces_env_var_sets_the_default_mode_and_is_checked(tmp_path, tiny_model
     assert rows_of(out)[0]["error"] == NO_FACE
     monkeypatch.setenv("FACES", "sideways")
     assert main(["run", str(crop), "--model", str(tiny_model), "-o", str(out)]) == 2
-    assert "FACES='sideways'" in capsys.readouterr().err
+    assert "FACES must be one of auto, detect, whole, not 'sideways'" in capsys.readouterr().err
 
 
 @needs_photos

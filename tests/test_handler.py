@@ -60,8 +60,9 @@ def test_s3_put_event_with_encoded_keys_writes_one_row_per_object_to_the_output_
 
     key, rows = only_csv(buckets)
     assert key.startswith("predictions/batch-") and key.endswith(".csv")
-    assert result == {"output": f"s3://{OUT}/{key}", "images": 3, "faces": 3, "no_face": 0, "errors": 0, "skipped": 0}
-    assert [row["path"] for row in rows] == ODD_KEYS
+    assert result == {"output": f"s3://{OUT}/{key}", "images": 3, "faces": 3, "no_face": 0, "errors": 0, "skipped": 0,
+                      "rows": 3}
+    assert [row["path"] for row in rows] == [f"s3://{IN}/{key}" for key in ODD_KEYS]  # bucket and key, decoded
     assert all(row["error"] == "" and row["emotion"] for row in rows)
     assert all_keys(buckets, IN) == sorted(ODD_KEYS)  # nothing written back to the input bucket
 
@@ -71,7 +72,7 @@ def test_single_object_event_names_its_csv_after_the_bucket_and_key(buckets):
     result = handler(s3_event(record), None)
     key, rows = only_csv(buckets)
     assert key.startswith(f"predictions/{IN}/uploads/happy face.png.") and result["images"] == 1
-    assert [row["path"] for row in rows] == ["uploads/happy face.png"]
+    assert [row["path"] for row in rows] == [f"s3://{IN}/uploads/happy face.png"]
 
 
 def test_corrupt_and_missing_objects_get_error_rows_and_the_rest_are_scored(buckets):
@@ -85,7 +86,7 @@ def test_corrupt_and_missing_objects_get_error_rows_and_the_rest_are_scored(buck
 
     _, rows = only_csv(buckets)
     assert result["images"] == 4 and result["errors"] == 3
-    by_path = {row["path"]: row for row in rows}
+    by_path = {row["path"].removeprefix(f"s3://{IN}/"): row for row in rows}
     assert by_path["uploads/good.png"]["error"] == "" and by_path["uploads/good.png"]["emotion"]
     assert by_path["uploads/corrupt.jpg"]["error"] and by_path["uploads/corrupt.jpg"]["emotion"] == ""
     assert by_path["uploads/empty.png"]["error"] == "empty file (0 bytes)"
@@ -119,7 +120,7 @@ def test_sqs_batch_reports_exactly_the_malformed_message_and_scores_the_others(b
     assert result == {"batchItemFailures": [{"itemIdentifier": "m-2"}]}
     key, rows = only_csv(buckets)  # one CSV for the invocation; nothing from the test event
     assert key.startswith("predictions/batch-")
-    assert [row["path"] for row in rows] == ["uploads/happy face.png", "uploads/Zoë.png"]
+    assert [row["path"] for row in rows] == [f"s3://{IN}/uploads/happy face.png", f"s3://{IN}/uploads/Zoë.png"]
 
 
 @pytest.mark.parametrize("body", ['{"hello": "world"}', "[1, 2]", "", '{"Records": [{"eventSource": "aws:s3"}]}',
@@ -139,7 +140,7 @@ def test_retried_sqs_batch_overwrites_its_csv_even_with_new_message_ids(buckets)
     again = handler(sqs_event(*[sqs_record(body, f"again-{i}") for i, body in enumerate(reversed(bodies))]), None)
     assert first == again == {"batchItemFailures": []}
     _, rows = only_csv(buckets)
-    assert sorted(row["path"] for row in rows) == ["uploads/a.png", "uploads/b.png", "uploads/c.png"]
+    assert sorted(row["path"] for row in rows) == [f"s3://{IN}/uploads/{n}.png" for n in "abc"]
 
 
 def test_notification_delivered_twice_in_one_batch_gets_one_row(buckets):
@@ -147,7 +148,7 @@ def test_notification_delivered_twice_in_one_batch_gets_one_row(buckets):
     other = json.dumps(s3_event(upload(buckets, "uploads/b.png", image_bytes(2), "00B")))
     handler(sqs_event(sqs_record(body, "m-1"), sqs_record(other, "m-2"), sqs_record(body, "m-3")), None)
     _, rows = only_csv(buckets)
-    assert [row["path"] for row in rows] == ["uploads/a.png", "uploads/b.png"]
+    assert [row["path"] for row in rows] == [f"s3://{IN}/uploads/a.png", f"s3://{IN}/uploads/b.png"]
 
 
 def test_sqs_messages_whose_csv_cannot_be_written_are_reported_for_retry(buckets):
@@ -174,7 +175,7 @@ def test_notifications_generated_by_moto_through_a_real_queue_are_scored(buckets
 
     assert result == {"batchItemFailures": []}
     paths = sorted(row["path"] for key in all_keys(buckets, OUT) for row in read_csv(get_text(buckets, OUT, key)))
-    assert paths == sorted(ODD_KEYS)
+    assert paths == sorted(f"s3://{IN}/{key}" for key in ODD_KEYS)
 
 
 def test_prefix_invocation_scores_every_image_under_it_into_one_csv(buckets):
@@ -186,7 +187,7 @@ def test_prefix_invocation_scores_every_image_under_it_into_one_csv(buckets):
     result = handler({"prefix": f"s3://{IN}/photos/"}, None)
 
     expected = f"s3://{OUT}/predictions/{IN}/photos/predictions.csv"
-    assert result == {"output": expected, "images": 5, "faces": 5, "no_face": 0, "errors": 0, "skipped": 1}
+    assert result == {"output": expected, "images": 5, "faces": 5, "no_face": 0, "errors": 0, "skipped": 1, "rows": 5}
     rows = read_csv(get_text(buckets, OUT, f"predictions/{IN}/photos/predictions.csv"))
     assert [row["path"] for row in rows] == [f"photos/{i}.png" for i in range(5)]
 
@@ -213,9 +214,11 @@ def test_prefix_invocation_fails_loudly_for_a_missing_bucket_or_an_empty_prefix(
 
 
 def test_model_is_loaded_once_per_container_not_per_invocation(buckets, monkeypatch):
+    from batch_job import api
+
     loads = []
-    real = handler_module.EmotionModel
-    monkeypatch.setattr(handler_module, "EmotionModel", lambda path=None: loads.append(path) or real(path))
+    real = api.load_models
+    monkeypatch.setattr(api, "load_models", lambda settings: loads.append(settings) or real(settings))
     for i in range(3):
         handler(s3_event(upload(buckets, f"uploads/{i}.png", image_bytes(i), f"0{i}")), None)
     assert len(loads) == 1
@@ -304,8 +307,8 @@ def test_s3_event_with_a_two_face_photo_writes_a_row_per_face(buckets):
     result = handler(s3_event(upload(buckets, "uploads/two people.jpg", body.getvalue())), None)
 
     _, rows = only_csv(buckets)
-    assert [(row["path"], row["face"]) for row in rows] == [("uploads/two people.jpg", "1"),
-                                                             ("uploads/two people.jpg", "2")]
+    assert [(row["path"], row["face"]) for row in rows] == [(f"s3://{IN}/uploads/two people.jpg", "1"),
+                                                             (f"s3://{IN}/uploads/two people.jpg", "2")]
     assert all(row["emotion"] and float(row["face_score"]) > 0.6 for row in rows)
     assert int(rows[0]["width"]) > int(rows[1]["width"])
     assert result["images"] == 1 and result["faces"] == 2 and result["errors"] == 0
@@ -332,7 +335,7 @@ def test_a_transient_s3_failure_returns_its_message_to_the_queue_without_an_erro
 
     assert result == {"batchItemFailures": [{"itemIdentifier": "m-b"}]}  # retried later, not written down
     _, rows = only_csv(buckets)
-    assert [row["path"] for row in rows] == ["uploads/a.png", "uploads/c.png", "uploads/gone.png"]
+    assert [row["path"] for row in rows] == [f"s3://{IN}/uploads/{n}.png" for n in ("a", "c", "gone")]
     assert rows[-1]["error"] and "NoSuchKey" in rows[-1]["error"]  # permanent: an error row, message done
 
 

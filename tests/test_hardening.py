@@ -22,7 +22,7 @@ from PIL import Image
 from batch_job import budget as budget_module
 from batch_job.base import ImageError, ModelError
 from batch_job.cli import main
-from batch_job.csv_output import COLUMNS
+from batch_job.formats import COLUMNS
 from batch_job.local import display_name, original_name
 from batch_job.model import EmotionModel
 from batch_job.preprocessing import load_image
@@ -208,7 +208,7 @@ def test_a_path_longer_than_path_max_is_an_error_row(tmp_path, tiny_model, monke
 @pytest.mark.parametrize("dest, words", [
     ("{tmp}", "is a folder"),
     ("/proc/x.csv", "cannot write to /proc"),
-    ("{folder}/0.png", "would overwrite an input image"),
+    ("{folder}/0.png", "is one of the inputs"),
 ])
 def test_bad_destinations_are_refused_before_scoring(dest, words, folder, tiny_model, tmp_path):
     before = (folder / "0.png").read_bytes()
@@ -233,8 +233,8 @@ def test_a_full_disk_mid_run_keeps_the_complete_csv_elsewhere_and_says_where(fol
     out = tmp_path / "out.csv"
     assert main(["run", str(folder), "--model", str(tiny_model), "-o", str(out)]) == 1
     err = capsys.readouterr().err
-    assert "No space left on device" in err and "the complete CSV is at" in err
-    kept = Path(err.split("the complete CSV is at ")[1].split()[0])
+    assert "No space left on device" in err and "the complete output is at" in err
+    kept = Path(err.split("the complete output is at ")[1].split()[0])
     assert [r["path"] for r in rows_of(kept)] == ["0.png", "1.png", "2.png"] and not out.exists()
     kept.unlink()
 
@@ -245,12 +245,12 @@ def test_a_refused_s3_upload_keeps_the_csv_and_names_it(folder, tiny_model, monk
 
     monkeypatch.setattr(s3, "check_destination", lambda url: ("bucket", "key.csv"))
 
-    def refuse(path, url):
+    def refuse(path, url, content_type):
         raise DestinationError(f"cannot upload {url}: AccessDenied: Access Denied")
     monkeypatch.setattr(s3, "upload_file", refuse)
     assert main(["run", str(folder), "--model", str(tiny_model), "-o", "s3://bucket/key.csv"]) == 1
     err = capsys.readouterr().err
-    assert "AccessDenied" in err and "the complete CSV is kept at" in err
+    assert "AccessDenied" in err and "the complete output is kept at" in err
     kept = Path(err.split("kept at ")[1].split()[0])
     assert len(rows_of(kept)) == 3
     kept.unlink()
@@ -309,8 +309,13 @@ def test_a_source_inside_another_is_scored_once(extra, folder, tiny_model, tmp_p
 
 # 9. Model contract ---------------------------------------------------------------------------------------
 
-def tweaked_model(path: Path, card: dict | None = None, outputs: int = 4, softmax: bool = True) -> Path:
+def tweaked_model(path: Path, card: dict | None = None, outputs: int = 4, softmax: bool = True,
+                  sealed: bool = False) -> Path:
+    """A linear model whose card says `card`; `sealed`: with its integrity entries (else only the contract
+    checks, which run first, can judge it)."""
     from onnx import TensorProto, helper, numpy_helper, save
+
+    from converter.seal import seal
 
     weights = numpy_helper.from_array(np.full((48 * 48, outputs), 1e-4, np.float32), "W")
     shape = numpy_helper.from_array(np.array([-1, 48 * 48], dtype=np.int64), "shape")
@@ -327,7 +332,7 @@ def tweaked_model(path: Path, card: dict | None = None, outputs: int = 4, softma
              **(card or {})}
     for key, value in props.items():
         model.metadata_props.add(key=key, value=value)
-    save(model, path)
+    save(seal(model) if sealed else model, path)
     return path
 
 
@@ -346,7 +351,7 @@ def test_a_model_that_contradicts_its_card_is_refused_at_load(card, outputs, sof
 
 
 def test_a_logits_model_whose_card_says_so_gets_softmax(tmp_path):
-    path = tweaked_model(tmp_path / "m.onnx", {"output": json.dumps({"meaning": "logits"})}, softmax=False)
+    path = tweaked_model(tmp_path / "m.onnx", {"output": json.dumps({"meaning": "logits"})}, softmax=False, sealed=True)
     probs = EmotionModel(path).predict(np.full((3, 48, 48, 1), 200, np.uint8))
     np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-6)
     assert probs.max() <= 1

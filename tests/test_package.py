@@ -17,8 +17,8 @@ from PIL import Image
 
 from batch_job import Scorer, __version__
 from batch_job.cli import main
-from batch_job.csv_output import COLUMNS
-from batch_job.preprocessing import CLASSES
+from batch_job.formats import COLUMNS
+from batch_job.results import CLASSES
 from tests.conftest import REPO, SHARED_PHOTOS, face_like, needs_photos
 
 

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from batch_job.preprocessing import CLASSES, load_image
+from batch_job.preprocessing import load_image
+from batch_job.results import CLASSES
 from tests.conftest import SHARED_DATA, SHIPPED_MODEL, needs_data
 from tests.test_trainer_audit import save_jpeg, smooth_face
 from trainer import evaluation, ferplus

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from batch_job.preprocessing import CLASSES
+from batch_job.results import CLASSES
 from tests.test_trainer_audit import make_dataset, save_jpeg, smooth_face
 from tests.test_trainer_evaluation import votes_row
 from trainer import ferplus

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from batch_job.preprocessing import CLASSES
+from batch_job.results import CLASSES
 from trainer import data as dataset
 from trainer import dedup
 

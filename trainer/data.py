@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from batch_job.preprocessing import CLASSES, load_image
+from batch_job.preprocessing import load_image
+from batch_job.results import CLASSES
 
 SPLITS = ("train", "validation", "test")
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "facial_emotion_images"

@@ -37,7 +37,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
-from batch_job.preprocessing import CLASSES, with_channels
+from batch_job.preprocessing import with_channels
+from batch_job.results import CLASSES
 from trainer import data as dataset
 from trainer import ferplus
 

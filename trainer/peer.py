@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from batch_job.preprocessing import CLASSES
+from batch_job.results import CLASSES
 from trainer import evaluation
 
 FER_VERSION = "22.5.1"

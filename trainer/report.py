@@ -13,7 +13,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.metrics import classification_report, confusion_matrix  # noqa: E402
 
-from batch_job.preprocessing import CLASSES, with_channels  # noqa: E402
+from batch_job.preprocessing import with_channels  # noqa: E402
+from batch_job.results import CLASSES  # noqa: E402
 from trainer import evaluation  # noqa: E402
 
 

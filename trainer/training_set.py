@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from batch_job.preprocessing import CLASSES
+from batch_job.results import CLASSES
 from trainer import data as dataset
 from trainer import ferplus
 from trainer.config import TrainConfig
