@@ -35,8 +35,9 @@ FACE_CROP_SHIFT = 0.0
 EXIF_ORIENTATION = 0x0112
 
 Source = Union[str, Path, bytes, BinaryIO, Image.Image]
-Image.MAX_IMAGE_PIXELS = None  # Pillow's own check warns through the (process-wide) warnings machinery, which
-# threads cannot use safely; open_image checks MAX_PIXELS itself, and batch_job.budget bounds the memory
+# Pillow's own limit (Image.MAX_IMAGE_PIXELS) is the host's to set: a library leaves it alone. open_image checks
+# MAX_PIXELS itself; what Pillow refuses first (twice its limit) is the same "too large" error. The command line
+# and the Lambda functions, processes of our own, set Pillow's limit to MAX_PIXELS.
 BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "La": 2, "RGB": 3, "YCbCr": 3, "LAB": 3, "HSV": 3,
                    "RGBA": 4, "RGBa": 4, "RGBX": 4, "CMYK": 4, "I": 4, "F": 4, "I;16": 2, "I;16L": 2, "I;16B": 2,
                    "I;16N": 2}
@@ -62,6 +63,8 @@ def open_image(source: Source) -> Image.Image:
         image = Image.open(source)
     except UnidentifiedImageError:
         raise ImageError("not a recognised image format") from None
+    except Image.DecompressionBombError as error:
+        raise ImageError(f"image too large ({error})") from None
     except (OSError, ValueError, SyntaxError) as error:
         raise ImageError(f"cannot read image header: {error}") from None
     if image.width * image.height > MAX_PIXELS:
@@ -72,18 +75,8 @@ def open_image(source: Source) -> Image.Image:
 def _to_grayscale(image: Image.Image) -> Image.Image:
     """Any mode -> L. Numbers beyond 8 bits are scaled by their range (16-bit by 257, floats in [0, 1] by
     255, anything else by its own min-max); transparency is composited over white."""
-    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        pixels = np.asarray(image, dtype=np.float32)
-        if not np.isfinite(pixels).all():
-            raise ImageError("image has NaN or infinite pixels")
-        low, high = float(pixels.min(initial=0)), float(pixels.max(initial=0))
-        if image.mode == "F" and low >= 0 and high <= 1:
-            pixels = pixels * 255.0  # floats in [0, 1]
-        elif image.mode.startswith("I;16") or 255 < high <= 65535 and low >= 0:
-            pixels = pixels / 257.0  # 16-bit range -> 8-bit range
-        elif low < 0 or high > 65535:
-            pixels = (pixels - low) * (255.0 / (high - low or 1))
-        return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
+    if image.mode in DEEP_MODES:
+        return _deep_to_grayscale(image)
     if image.mode in ("P", "PA") and ("transparency" in image.info or image.mode == "PA"):
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "RGBa", "La"):
@@ -96,6 +89,46 @@ def _to_grayscale(image: Image.Image) -> Image.Image:
     if image.mode != "L":
         image = image.convert("RGB").convert("L")
     return image
+
+
+DEEP_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+STRIP_PIXELS = 1 << 20  # deep images are converted a strip of rows at a time: ~4 MB of floats, whatever the size
+
+
+def _deep_strips(image: Image.Image) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, float32 rows) of a 16-bit, 32-bit or float image, a strip at a time."""
+    width, height = image.size
+    rows = max(1, STRIP_PIXELS // max(width, 1))
+    for top in range(0, height, rows):
+        strip = image.crop((0, top, width, min(height, top + rows)))
+        yield top, np.array(strip, dtype=np.float32)  # a writable copy of the strip
+
+
+def _deep_to_grayscale(image: Image.Image) -> Image.Image:
+    """16-bit, 32-bit and float pixels -> 8 bits, scaled by their range: 16-bit by 257, floats in [0, 1] by 255,
+    anything else by its own min-max. Two passes over strips of rows (range, then conversion into one uint8
+    array), so a 100 MP float image adds 100 MB to its decode, not the 1.6 GB whole-image float copies cost."""
+    low, high = np.inf, -np.inf
+    for _, strip in _deep_strips(image):
+        if not np.isfinite(strip).all():
+            raise ImageError("image has NaN or infinite pixels")
+        low, high = min(low, float(strip.min(initial=0))), max(high, float(strip.max(initial=0)))
+    if image.mode == "F" and low >= 0 and high <= 1:
+        scale, offset = 255.0, 0.0  # floats in [0, 1]
+    elif image.mode.startswith("I;16") or 255 < high <= 65535 and low >= 0:
+        scale, offset = 1 / 257.0, 0.0  # 16-bit range -> 8-bit range
+    elif low < 0 or high > 65535:
+        scale, offset = 255.0 / (high - low or 1), low
+    else:
+        scale, offset = 1.0, 0.0
+    out = np.empty((image.height, image.width), np.uint8)
+    for top, strip in _deep_strips(image):
+        strip -= offset
+        strip *= scale
+        np.rint(strip, out=strip)
+        np.clip(strip, 0, 255, out=strip)
+        out[top:top + len(strip)] = strip
+    return Image.fromarray(out)
 
 
 def decode_cost(image: Image.Image, scale: float = 1.0) -> int:
