@@ -8,12 +8,15 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from batch_job.base import ConfigError as BaseConfigError
+
 BALANCE_CHOICES = ("none", "undersample", "oversample", "class_weight")
 SCHEDULE_CHOICES = ("plateau", "cosine", "constant")
 
 
-class ConfigError(ValueError):
-    """A config file that cannot be run; the message says which key and why."""
+class ConfigError(BaseConfigError):
+    """A config file that cannot be run; the message says which key and why (batch_job's one ConfigError,
+    a ValueError)."""
 
 
 @dataclass(frozen=True)
