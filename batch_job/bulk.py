@@ -120,7 +120,7 @@ def handler(event: dict, context: object = None) -> dict:
     host_setup()
     if isinstance(event, dict) and "summary" in event:
         result = bulk_run.write_summary(event["summary"])
-        log_json(event="summary", **result)
+        log_json(event="summary", **result, **bulk_run.failed_batches_metric(result))
         return result
     result = score_batch(event, Config.from_env())
     log_json(event="batch", **result)

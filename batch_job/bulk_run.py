@@ -115,6 +115,22 @@ def write_summary(request: dict, now: datetime | None = None) -> dict:
     return summary
 
 
+FAILED_BATCHES_METRIC = ("EmotionBatch", "FailedBatches")  # (namespace, name): template.yaml's alarm watches it
+
+
+def failed_batches_metric(summary: dict, timestamp_ms: int | None = None) -> dict:
+    """The CloudWatch Embedded Metric Format fields for a run's failed batches: logged by the final step, they
+    become a metric (no API call, no permission) that BulkRunsPartlyFailedAlarm watches. A run within its
+    tolerated failure percentage succeeds: this metric is how anyone hears of its failed batches."""
+    import time
+
+    namespace, name = FAILED_BATCHES_METRIC
+    return {"_aws": {"Timestamp": timestamp_ms if timestamp_ms is not None else int(time.time() * 1000),
+                     "CloudWatchMetrics": [{"Namespace": namespace, "Dimensions": [[]],
+                                            "Metrics": [{"Name": name, "Unit": "Count"}]}]},
+            name: int(summary.get("failed_batches") or 0)}
+
+
 def _read_text(bucket: str, key: str) -> str:
     return s3.client().get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8")
 

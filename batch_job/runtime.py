@@ -45,8 +45,11 @@ class Config:
             raise ConfigError("OUTPUT_BUCKET is not set: the function needs a bucket to write its outputs to")
         if is_s3_url(bucket) or "/" in bucket:
             raise ConfigError(f"OUTPUT_BUCKET must be a bucket name, not a URL or path: {bucket!r}")
-        try:
-            settings = Settings.from_env(env, workers=LAMBDA_WORKERS)
+        from batch_job.sizing import lambda_decode_budget
+
+        try:  # the decode budget follows the function's memory unless DECODE_BUDGET_MB says otherwise
+            settings = Settings.from_env(env, workers=LAMBDA_WORKERS, decode_budget_mb=None if env.get(
+                "DECODE_BUDGET_MB") else lambda_decode_budget(env))
         except UsageError as error:
             raise ConfigError(f"the function's environment: {error}") from None
         return cls(bucket, env.get("OUTPUT_PREFIX", DEFAULT_OUTPUT_PREFIX), settings)

@@ -148,12 +148,19 @@ def test_sqs_event_source_reports_batch_item_failures(template):
     assert event["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
 
 
+LOG_DELIVERY = {"logs:CreateLogDelivery", "logs:GetLogDelivery", "logs:UpdateLogDelivery", "logs:DeleteLogDelivery",
+                "logs:ListLogDeliveries", "logs:PutResourcePolicy", "logs:DescribeResourcePolicies",
+                "logs:DescribeLogGroups"}
+
+
 def test_roles_are_least_privilege(template):
     allowed = [(role, s) for role, s in statements(template) if s["Effect"] == "Allow"]
     for role, statement in allowed:
         actions = as_list(statement["Action"])
         assert not any(a == "*" or a.endswith(":*") for a in actions), (role, actions)
-        assert statement["Resource"] != "*", (role, statement)
+        # CloudWatch Logs delivery (the state machine's logging) takes no resource: AWS documents "*" for it
+        if not all(a in LOG_DELIVERY for a in actions):
+            assert statement["Resource"] != "*", (role, statement)
     put = [(role, s) for role, s in allowed if "s3:PutObject" in as_list(s["Action"])]
     assert {role for role, _ in put} == {"ScoringFunctionRole", "BatchJobRole", "BulkScoringFunctionRole",
                                          "BulkStateMachineRole"}
@@ -189,18 +196,24 @@ def test_environment_lives_in_globals_so_both_functions_get_every_variable(templ
     assert all("Environment" not in template["Resources"][name]["Properties"] for name in FUNCTIONS)
 
 
-def test_bulk_function_runs_the_bulk_handler_with_its_own_reserved_concurrency(template):
+def test_bulk_function_runs_the_bulk_handler_and_reserves_only_when_asked(template):
     import importlib
 
     function = template["Resources"]["BulkScoringFunction"]["Properties"]
     [command] = function["ImageConfig"]["Command"]
     module, _, name = command.rpartition(".")
     assert callable(getattr(importlib.import_module(module), name))
-    assert function["ReservedConcurrentExecutions"] == {"Ref": "BulkMaxConcurrency"}
-    assert function["Timeout"] < 300  # EXPRESS child executions end at 5 minutes, retries included
+    # a reservation can fail the deploy in a new account (limit 10): opt-in, 0 = none, the default
+    assert function["ReservedConcurrentExecutions"] == {
+        "Fn::If": ["HasBulkReservedConcurrency", {"Ref": "BulkReservedConcurrency"}, {"Ref": "AWS::NoValue"}]}
+    assert template["Conditions"]["HasBulkReservedConcurrency"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "BulkReservedConcurrency"}, 0]}]}
     params = template["Parameters"]
+    assert params["BulkReservedConcurrency"]["Default"] == 0 and params["ReservedConcurrency"]["Default"] == 0
+    from batch_job.sizing import BULK_TIMEOUT
+
+    assert function["Timeout"] == BULK_TIMEOUT < 300 / 2  # a timed-out batch and its retry fit in EXPRESS's 5 min
     assert params["BulkMaxConcurrency"]["Default"] <= 30  # ~5,500 GET/s per S3 prefix partition
-    assert params["BulkMaxConcurrency"]["MaxValue"] <= 900  # a reservation leaves 100 of 1,000 unreserved
 
 
 def test_batch_runs_the_cli_on_fargate_with_the_same_image(template):
@@ -344,7 +357,7 @@ def test_definition_parses_and_names_the_function_the_concurrency_parameter_and_
 def test_itembatcher_stays_under_the_payload_limit_and_carries_bucket_and_output(definition):
     for name, state in map_states(definition).items():
         batcher = state["ItemBatcher"]
-        assert 100 <= batcher["MaxItemsPerBatch"] <= 1000
+        assert batcher["MaxItemsPerBatchPath"] == "$.settings.items_per_batch"  # from the Sizing mapping
         assert batcher["MaxInputBytesPerBatch"] <= 256 * 1024 - 32 * 1024  # room for BatchInput and the envelope
         assert {"bucket.$", "output.$"} <= set(batcher["BatchInput"]), name
     assert map_states(definition)["ScoreInventory"]["ItemBatcher"]["BatchInput"]["key_encoding"] == "url"
@@ -407,11 +420,15 @@ def test_private_subnets_get_vpc_endpoints_or_a_nat_and_public_ip_only_in_public
     endpoints = {r["Properties"]["ServiceName"]["Fn::Sub"].rsplit(".", 1)[-1]: r
                  for r in of_type(template, "AWS::EC2::VPCEndpoint").values()}
     assert set(endpoints) == {"api", "dkr", "logs", "s3"}
-    assert all(r["Condition"] == "PrivateEndpoints" for r in endpoints.values())
+    assert all(r["Condition"] == "PrivateEndpoints" for k, r in endpoints.items() if k != "s3")
+    # the S3 gateway endpoint is free: private-nat gets it too (else S3 traffic pays the NAT's $0.045/GB)
+    assert endpoints["s3"]["Condition"] == "PrivateBatchNetwork"
+    assert template["Conditions"]["PrivateBatchNetwork"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "BatchNetwork"},
+                                                                                         "public"]}]}
     assert endpoints["s3"]["Properties"]["VpcEndpointType"] == "Gateway"
     assert endpoints["s3"]["Properties"]["RouteTableIds"] == {"Ref": "RouteTableIds"}
-    rule = template["Rules"]["PrivateEndpointsNeedRouteTables"]
-    assert rule["RuleCondition"] == {"Fn::Equals": [{"Ref": "BatchNetwork"}, "private-endpoints"]}
+    rule = template["Rules"]["PrivateSubnetsNeedRouteTables"]
+    assert rule["RuleCondition"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "BatchNetwork"}, "public"]}]}
     network = resources["BatchJobDefinition"]["Properties"]["ContainerProperties"]["NetworkConfiguration"]
     assert network["AssignPublicIp"] == {"Fn::If": ["PublicBatchNetwork", "ENABLED", "DISABLED"]}
 
@@ -438,14 +455,27 @@ def test_ecs_tasks_trust_policies_name_the_source_account(template):
     assert all(s["Condition"]["StringEquals"]["aws:SourceAccount"] == {"Ref": "AWS::AccountId"} for _, s in trusted)
 
 
-def test_alarms_watch_the_dead_letter_queue_function_errors_and_failed_runs(template):
-    alarms = {(a["Properties"]["Namespace"], a["Properties"]["MetricName"]): a["Properties"]
-              for a in of_type(template, "AWS::CloudWatch::Alarm").values()}
-    dlq = alarms[("AWS/SQS", "ApproximateNumberOfMessagesVisible")]
-    assert dlq["Dimensions"][0]["Value"] == {"Fn::GetAtt": ["UploadsDeadLetterQueue", "QueueName"]}
-    assert alarms[("AWS/Lambda", "Errors")]["Dimensions"][0]["Value"] == {"Ref": "ScoringFunction"}
-    assert alarms[("AWS/States", "ExecutionsFailed")]["Dimensions"][0]["Value"] == {"Ref": "BulkStateMachine"}
-    assert all(a["Threshold"] == 0 and a["ComparisonOperator"] == "GreaterThanThreshold" for a in alarms.values())
+def test_alarms_watch_queues_functions_runs_and_batch_jobs(template):
+    alarms = {name: a["Properties"] for name, a in of_type(template, "AWS::CloudWatch::Alarm").items()}
+    watched = {(a["Namespace"], a["MetricName"], json.dumps(a.get("Dimensions", [{}])[0].get("Value"))): a
+               for a in alarms.values()}
+    assert set(watched) == {
+        ("AWS/SQS", "ApproximateNumberOfMessagesVisible", json.dumps({"Fn::GetAtt": ["UploadsDeadLetterQueue",
+                                                                                      "QueueName"]})),
+        ("AWS/SQS", "ApproximateAgeOfOldestMessage", json.dumps({"Fn::GetAtt": ["UploadsQueue", "QueueName"]})),
+        ("AWS/Lambda", "Errors", json.dumps({"Ref": "ScoringFunction"})),
+        ("AWS/Lambda", "Errors", json.dumps({"Ref": "BulkScoringFunction"})),
+        ("AWS/States", "ExecutionsFailed", json.dumps({"Ref": "BulkStateMachine"})),
+        ("EmotionBatch", "FailedBatches", "null"),  # partly failed runs: the final step's metric (bulk_run)
+    }
+    assert all(a["ComparisonOperator"] == "GreaterThanThreshold" for a in alarms.values())
+    assert all(a["AlarmActions"] == {"Fn::If": ["HasAlarmEmail", [{"Ref": "AlarmTopic"}], {"Ref": "AWS::NoValue"}]}
+               for a in alarms.values())
+    rule = template["Resources"]["BatchJobFailedRule"]["Properties"]
+    assert rule["EventPattern"]["detail"]["status"] == ["FAILED"] and rule["Targets"][0]["Arn"] == {"Ref": "AlarmTopic"}
+    from batch_job.bulk_run import FAILED_BATCHES_METRIC
+
+    assert FAILED_BATCHES_METRIC == ("EmotionBatch", "FailedBatches")
 
 
 def test_arm64_is_an_option_for_the_one_image_and_x86_64_the_default(template):
@@ -454,3 +484,61 @@ def test_arm64_is_an_option_for_the_one_image_and_x86_64_the_default(template):
     assert template["Globals"]["Function"]["Architectures"] == [{"Ref": "Architecture"}]
     platform = template["Resources"]["BatchJobDefinition"]["Properties"]["ContainerProperties"]["RuntimePlatform"]
     assert platform["CpuArchitecture"] == {"Fn::If": ["IsArm64", "ARM64", "X86_64"]}
+
+
+# ---- sizing from MemorySize (issue 19, 3) ----
+
+def test_the_sizing_mapping_is_the_codes_table_for_every_allowed_memory(template):
+    from batch_job.sizing import MEMORY_SIZES, for_memory
+
+    params = template["Parameters"]["MemorySize"]
+    assert params["AllowedValues"] == list(MEMORY_SIZES) and params["Default"] in MEMORY_SIZES
+    table = template["Mappings"]["Sizing"]
+    assert set(table) == {str(m) for m in MEMORY_SIZES}
+    for memory in MEMORY_SIZES:
+        sizing = for_memory(memory)
+        assert table[str(memory)] == {"BulkItemsPerBatch": sizing.batch_items,
+                                      "DecodeBudgetMB": sizing.decode_budget_mb}
+    assert template["Globals"]["Function"]["Environment"]["Variables"]["DECODE_BUDGET_MB"] == {
+        "Fn::FindInMap": ["Sizing", {"Ref": "MemorySize"}, "DecodeBudgetMB"]}
+    machine = template["Resources"]["BulkStateMachine"]["Properties"]["DefinitionSubstitutions"]
+    assert machine["BulkItemsPerBatch"] == {"Fn::FindInMap": ["Sizing", {"Ref": "MemorySize"}, "BulkItemsPerBatch"]}
+
+
+def test_a_batch_of_photos_fits_half_the_bulk_timeout_and_the_budget_fits_the_memory():
+    from batch_job.sizing import BULK_TIMEOUT, MEMORY_SIZES, PHOTOS_PER_VCPU_SECOND, RUNTIME_MB, for_memory
+
+    for memory in MEMORY_SIZES:
+        sizing = for_memory(memory)
+        seconds = sizing.batch_items / (PHOTOS_PER_VCPU_SECOND * sizing.vcpus)
+        assert seconds <= BULK_TIMEOUT / 2 or sizing.batch_items == 25, memory
+        assert RUNTIME_MB + sizing.decode_budget_mb < memory, memory
+    # the issue's case: 1,000 photos at 512-1,024 MB took 55-170 s, past the 120 s timeout
+    assert for_memory(512).batch_items <= 200 and for_memory(1024).batch_items <= 400
+
+
+def test_settings_read_the_batch_size_and_timeouts_are_retried(definition):
+    assert definition["States"]["Settings"]["Parameters"]["items_per_batch.$"] == \
+        "States.StringToJson('${BulkItemsPerBatch}')"
+    for state in map_states(definition).values():
+        [task] = state["ItemProcessor"]["States"].values()
+        timeouts = [rule for rule in task["Retry"] if "Lambda.Unknown" in rule["ErrorEquals"]]
+        assert len(timeouts) == 1 and timeouts[0]["MaxAttempts"] == 1  # once: the same batch again
+
+
+def test_the_functions_decode_budget_follows_their_memory_unless_set(monkeypatch):
+    from batch_job.runtime import Config
+
+    env = {"OUTPUT_BUCKET": "out", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "512"}
+    assert Config.from_env(env).settings.decode_budget_mb == 112
+    assert Config.from_env({**env, "DECODE_BUDGET_MB": "300"}).settings.decode_budget_mb == 300
+    assert Config.from_env({"OUTPUT_BUCKET": "out"}).settings.decode_budget_mb == 1024  # outside Lambda
+
+
+def test_the_final_step_logs_failed_batches_as_an_embedded_metric():
+    from batch_job.bulk_run import failed_batches_metric
+
+    fields = failed_batches_metric({"failed_batches": 3}, timestamp_ms=1)
+    [directive] = fields["_aws"]["CloudWatchMetrics"]
+    assert directive["Namespace"] == "EmotionBatch" and directive["Metrics"][0]["Name"] == "FailedBatches"
+    assert fields["FailedBatches"] == 3 and fields["_aws"]["Timestamp"] == 1
