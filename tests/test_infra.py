@@ -542,3 +542,41 @@ def test_the_final_step_logs_failed_batches_as_an_embedded_metric():
     [directive] = fields["_aws"]["CloudWatchMetrics"]
     assert directive["Namespace"] == "EmotionBatch" and directive["Metrics"][0]["Name"] == "FailedBatches"
     assert fields["FailedBatches"] == 3 and fields["_aws"]["Timestamp"] == 1
+
+
+# ---- infra/deploy.sh (issue 19, 2 and 4): a fake SAM CLI records what it is asked ----
+
+def fake_deploy(tmp_path, env: dict, params: str, image: str = "") -> list[list[str]]:
+    venv = tmp_path / "venv" / "bin"
+    venv.mkdir(parents=True)
+    log = tmp_path / "sam.log"
+    (venv / "sam").write_text(f'#!/bin/bash\necho "$*" >> {log}\n')
+    (venv / "python").write_text(f'#!/bin/bash\nif [[ "$2" == params ]]; then echo "{params}"; else echo "{image}"; fi\n')
+    for tool in ("sam", "python"):
+        (venv / tool).chmod(0o755)
+    result = subprocess.run(["bash", str(REPO / "infra" / "deploy.sh"), "--region", "eu-west-1"],
+                            env={**os.environ, "DEPLOY_VENV": str(tmp_path / "venv"), **env}, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return [line.split() for line in log.read_text().splitlines()]
+
+
+def test_deploy_builds_for_the_architecture_asked_and_keeps_it(tmp_path):
+    calls = fake_deploy(tmp_path, {"ARCHITECTURE": "arm64"}, params="- -", image="img@sha256:1")
+    assert calls[0] == ["build", "--parameter-overrides", "Architecture=arm64"]
+    assert calls[1][:2] == ["deploy", "--parameter-overrides"] and "Architecture=arm64" in calls[1]
+    assert calls[2] == ["deploy", "--parameter-overrides", "Architecture=arm64", "BatchImageUri=img@sha256:1",
+                        "--region", "eu-west-1"]
+
+
+def test_deploy_builds_for_the_deployed_stacks_architecture_when_not_told(tmp_path):
+    calls = fake_deploy(tmp_path / "a", {"ARCHITECTURE": ""}, params="arm64 -")
+    assert calls[0] == ["build", "--parameter-overrides", "Architecture=arm64"]
+    calls = fake_deploy(tmp_path / "b", {"ARCHITECTURE": ""}, params="- -")
+    assert calls[0] == ["build", "--parameter-overrides", "Architecture=x86_64"]
+
+
+def test_deploy_passes_the_deployed_batch_image_on_so_the_job_definition_survives(tmp_path):
+    calls = fake_deploy(tmp_path, {"ARCHITECTURE": ""}, params="x86_64 123.dkr.ecr/emotion@sha256:9", image="")
+    assert "BatchImageUri=123.dkr.ecr/emotion@sha256:9" in calls[1]  # not samconfig's empty guided value
+    assert len(calls) == 2  # the image did not change: no second deploy
