@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from urllib.parse import unquote_plus
 
 from batch_job import bulk_run, s3
@@ -40,6 +40,7 @@ class Batch:
     objects: tuple[S3Object, ...]
     output: str  # the run folder, s3://bucket/prefix/
     skipped: tuple[str, ...] = ()  # keys that name no image (folders, other files, outside the prefix)
+    raw: dict = field(default_factory=dict)  # object -> its key as the inventory gave it, where decoding changed it
 
 
 def parse_batch(event: object) -> Batch:
@@ -56,7 +57,7 @@ def parse_batch(event: object) -> Batch:
     bulk_run.split_run_url(output)  # raises EventError for anything but s3://bucket/prefix/
     assert isinstance(output, str)
     decode = settings.get("key_encoding") == "url"
-    objects, skipped = [], []
+    objects, skipped, raw = [], [], {}
     for item in event["Items"]:
         if not isinstance(item, dict) or not isinstance(item.get("Key"), str) or not item["Key"]:
             raise EventError(f"batch item without a Key: {item!r:.200}")
@@ -64,8 +65,29 @@ def parse_batch(event: object) -> Batch:
         if key.endswith("/") or not key.startswith(prefix) or not is_image_path(key):
             skipped.append(key)
             continue
-        objects.append(S3Object(str(item.get("Bucket") or bucket), key, _version(item)))
-    return Batch(tuple(dict.fromkeys(objects)), output, tuple(skipped))
+        found = S3Object(str(item.get("Bucket") or bucket), key, _version(item), _etag(item))
+        objects.append(found)
+        if decode and key != item["Key"]:
+            raw[found] = item["Key"]
+    return Batch(tuple(dict.fromkeys(objects)), output, tuple(skipped), raw)
+
+
+def decoded_keys(batch: Batch) -> Batch:
+    """Inventory keys are URL-encoded in the inventory's files; whether Step Functions hands them on encoded or
+    already decoded is not documented. One HEAD per batch (only when decoding changed a key) tells: if the
+    decoded key is missing and the key as given exists, the keys came decoded, and decoding them again would
+    corrupt every key with '+' or '%'; the batch then uses them as given."""
+    probe = next(iter(batch.raw), None)
+    if probe is None or s3.exists(probe.bucket, probe.key) is not False:
+        return batch
+    if not s3.exists(probe.bucket, batch.raw[probe]):
+        return batch  # neither exists (deleted since the inventory): keep the decoded reading
+    objects = tuple(replace(o, key=batch.raw.get(o, o.key)) for o in batch.objects)
+    return replace(batch, objects=objects, raw={})
+
+
+def _etag(item: Mapping) -> str:
+    return str(item.get("Etag") or item.get("ETag") or "").strip('"')
 
 
 def _version(item: Mapping) -> str:
@@ -92,6 +114,8 @@ def score_batch(event: dict, config: Config) -> dict:
     from botocore.exceptions import BotoCoreError, ClientError
 
     batch = parse_batch(event)
+    if batch.raw:
+        batch = decoded_keys(batch)
     result = {"part": None, "objects": len(batch.objects) + len(batch.skipped), "rows": 0, "errors": 0,
               "skipped": len(batch.skipped)}
     if not batch.objects:

@@ -46,6 +46,9 @@ def register(subparsers) -> None:
                         help="s3://.../manifest.json of an S3 Inventory (CSV) of the source bucket: read it "
                              "instead of listing the prefix (for 100M+ objects)")
     submit.add_argument("--wait", action="store_true", help="follow the run to its end (progress bar)")
+    submit.add_argument("--replace", action="store_true",
+                        help="delete what an earlier run left in the run folder (parts/, _map/, _SUCCESS.json) first; "
+                             "without it, a run folder that is not empty is refused")
     status = subparsers.add_parser("status", help="progress of a bulk run (items done/failed), its totals when done")
     status.add_argument("name", help="the run's execution name (or its execution ARN)")
     status.add_argument("--wait", action="store_true", help="follow the run to its end (progress bar)")
@@ -179,6 +182,14 @@ def submit(args: argparse.Namespace) -> int:
     arn = execution_arn(state_machine, name)
     existing = _existing(sfn, arn)
     if existing is None:
+        left = bulk_run.run_files(args.output)
+        if left and not args.replace:
+            raise BulkError(f"{args.output} already holds {left} files of an earlier run (parts/, _map/, "
+                            f"{bulk_run.SUCCESS}): its parts would mix with this run's. Choose another --output, or "
+                            "--replace to delete them first")
+        if left:
+            print(f"deleted {bulk_run.delete_run_files(args.output)} files of an earlier run in {args.output}",
+                  file=sys.stderr)
         # StartExecution is idempotent itself for a running execution with the same name and input
         arn = sfn.start_execution(stateMachineArn=state_machine, name=name,
                                   input=json.dumps(request, sort_keys=True))["executionArn"]

@@ -185,6 +185,29 @@ def part_texts(run: str) -> Iterator[tuple[str, str]]:
             yield str(path), path.read_text(encoding="utf-8")
 
 
+def _run_keys(run: str) -> Iterator[str]:
+    bucket, prefix = split_run_url(run)
+    for folder in (PARTS, RESULTS + "/"):
+        yield from _keys(bucket, prefix + folder)
+    if any(True for key in _keys(bucket, prefix + SUCCESS) if key == prefix + SUCCESS):
+        yield prefix + SUCCESS
+
+
+def run_files(run: str) -> int:
+    """How many files an earlier run left in this run folder (its parts, map results, summary)."""
+    return sum(1 for _ in _run_keys(run))
+
+
+def delete_run_files(run: str) -> int:
+    """Delete what an earlier run left in this run folder (submit --replace); returns how many files."""
+    bucket, _ = split_run_url(run)
+    keys = list(_run_keys(run))
+    for start in range(0, len(keys), 1000):  # DeleteObjects takes 1,000 keys a request
+        s3.client().delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[start:start + 1000]],
+                                                          "Quiet": True})
+    return len(keys)
+
+
 def _keys(bucket: str, prefix: str) -> Iterator[str]:
     pages = s3.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
     for page in pages:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import unquote_plus
 
 from batch_job.base import MAX_KEY_BYTES, S3_SCHEME, BatchJobError, is_s3_url
@@ -30,6 +30,7 @@ class S3Object:
     bucket: str
     key: str  # decoded: notifications carry keys URL-encoded, '+' for spaces
     version: str = ""  # the record's sequencer (else versionId, eTag): tells two uploads of one key apart
+    etag: str = field(default="", compare=False)  # the listed ETag: read with If-Match, so a change is seen
 
 
 @dataclass(frozen=True)

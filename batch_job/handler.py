@@ -23,7 +23,7 @@ from __future__ import annotations
 from itertools import chain
 
 from batch_job import s3
-from batch_job.base import BatchJobError, ConfigError  # noqa: F401 - ConfigError: callers catch it from here
+from batch_job.base import BatchJobError, ConfigError, is_image_path  # noqa: F401 - ConfigError: callers catch it
 from batch_job.destinations import open_destination
 from batch_job.events import EventError, S3Object, event_kind, output_name, prefix_request, s3_objects, sqs_messages
 from batch_job.results import ImageResult, Totals
@@ -41,24 +41,32 @@ def output_url(config: Config, objects: list[S3Object]) -> str:
     return f"s3://{config.output_bucket}/{key}"
 
 
-def _summary(output: str | None, results: list[ImageResult]) -> dict:
+def _summary(output: str | None, results: list[ImageResult], skipped: int = 0) -> dict:
     totals = Totals.of(results)
+    totals.skipped = skipped
     return {"output": output, **vars(totals), "rows": totals.rows}
+
+
+def images_only(objects: list[S3Object]) -> tuple[list[S3Object], int]:
+    """The objects whose keys are image names, and how many others there were: the rule of the command line and
+    the bulk path (a notes.txt upload is skipped and counted, not an error row)."""
+    images = [o for o in objects if is_image_path(o.key)]
+    return images, len(objects) - len(images)
 
 
 def handle_s3_event(event: dict, config: Config) -> dict:
     """An S3 notification invoking the function directly: one CSV for all its objects. A transient S3 failure
     fails the invocation, so Lambda's own retry of the asynchronous event scores it again."""
-    objects = list(dict.fromkeys(s3_objects(event)))
+    objects, skipped = images_only(list(dict.fromkeys(s3_objects(event))))
     if not objects:
-        return _summary(None, [])
+        return _summary(None, [], skipped)
     predictions = score_objects(objects, config)
     later = [p.path for p in predictions if p.transient]
     if later:
         raise BatchFailed(f"{len(later)} objects met a transient S3 error (first: {later[0]}); retry the event")
     url = output_url(config, objects)
     write(predictions, url, config, scorer(config).classes)
-    return _summary(url, predictions)
+    return _summary(url, predictions, skipped)
 
 
 def handle_sqs_event(event: dict, config: Config) -> dict:
@@ -73,19 +81,20 @@ def handle_sqs_event(event: dict, config: Config) -> dict:
             failed.append(message.message_id)
             log_json(level="warning", messageId=message.message_id, error=message.error)
     usable = [m for m in messages if m.objects and not m.error]
-    objects = list(dict.fromkeys(chain.from_iterable(m.objects for m in usable)))  # S3 may deliver one twice
+    # S3 may deliver one twice; keys that are no image names are skipped and counted
+    objects, skipped = images_only(list(dict.fromkeys(chain.from_iterable(m.objects for m in usable))))
     output = None
     predictions: list[ImageResult] = []
     if objects:
         scored = dict(zip(objects, score_objects(objects, config), strict=True))
         # A message with an object S3 could not serve just now goes back to the queue, whole; its objects
         # stay out of this CSV (the retry writes them), so no permanent error row is written for them.
-        later = {m.message_id for m in usable if any(scored[o].transient for o in m.objects)}
+        later = {m.message_id for m in usable if any(o in scored and scored[o].transient for o in m.objects)}
         for message_id in later:
             log_json(level="warning", messageId=message_id, error="transient S3 error: returned to the queue")
         failed.extend(sorted(later))
         usable = [m for m in usable if m.message_id not in later]
-        objects = list(dict.fromkeys(chain.from_iterable(m.objects for m in usable)))
+        objects = [o for o in dict.fromkeys(chain.from_iterable(m.objects for m in usable)) if o in scored]
         predictions = [scored[o] for o in objects]
     if objects:
         url = output_url(config, objects)
@@ -95,7 +104,8 @@ def handle_sqs_event(event: dict, config: Config) -> dict:
         except (ClientError, BotoCoreError, BatchJobError) as error:
             failed.extend(m.message_id for m in usable)
             log_json(level="error", error=f"cannot write {url}: {s3.describe(error)}")
-    log_json(level="info", event="sqs", messages=len(messages), failed=len(failed), **_summary(output, predictions))
+    log_json(level="info", event="sqs", messages=len(messages), failed=len(failed),
+             **_summary(output, predictions, skipped))
     if messages and len(set(failed)) == len(messages):
         raise BatchFailed(f"all {len(messages)} messages of the batch failed (first: {failed[0]})")
     return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in failed]}

@@ -70,7 +70,7 @@ def score_objects(objects: Iterable[S3Object], config: Config, full_url: bool = 
     pipeline's thread pool. full_url: paths are s3://bucket/key (else the key alone)."""
     from batch_job import s3
 
-    items = [s3.object_item(o.bucket, o.key, f"s3://{o.bucket}/{o.key}" if full_url else None, o.version)
+    items = [s3.object_item(o.bucket, o.key, f"s3://{o.bucket}/{o.key}" if full_url else None, o.version, o.etag)
              for o in objects]
     return list(scorer(config).score_items(items)) if items else []
 

@@ -97,13 +97,16 @@ def is_transient(error: Exception) -> bool:
     return False
 
 
-def read_object(bucket: str, key: str) -> bytes:
+def read_object(bucket: str, key: str, if_match: str = "") -> bytes:
     """The object's bytes, held in the read budget until the pipeline is done with them. Failures raise
-    ReadError (transient when S3 may answer later), which the pipeline turns into the row's error."""
+    ReadError (transient when S3 may answer later), which the pipeline turns into the row's error. if_match: the
+    ETag the object was listed with; an object overwritten since then is an error row, not scored under the
+    listed identity."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
-        response = client().get_object(Bucket=bucket, Key=key)
+        extra = {"IfMatch": f'"{if_match.strip(chr(34))}"'} if if_match else {}
+        response = client().get_object(Bucket=bucket, Key=key, **extra)
         size = response.get("ContentLength", 0)
         if size > MAX_OBJECT_BYTES:
             response["Body"].close()
@@ -114,12 +117,33 @@ def read_object(bucket: str, key: str) -> bytes:
             raise ReadError(f"object too large (more than {MAX_OBJECT_BYTES} bytes)")
         return data
     except (ClientError, BotoCoreError, ConnectionError, TimeoutError) as error:
+        if if_match and error_code(error) in ("PreconditionFailed", "412"):
+            raise ReadError(f"changed after it was listed (ETag {if_match} no longer matches): not scored under the "
+                            "listed identity; score it again in a new run") from None
         raise ReadError(describe(error), transient=is_transient(error)) from None
 
 
-def object_item(bucket: str, key: str, path: str | None = None, version: str = "") -> Item:
+def error_code(error: Exception) -> str:
+    response = getattr(error, "response", None)
+    return str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
+
+
+def exists(bucket: str, key: str) -> bool | None:
+    """Whether the object exists (HEAD): True, False (404), or None when S3 does not say (403, errors)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        client().head_object(Bucket=bucket, Key=key)
+        return True
+    except ClientError as error:
+        return False if error_code(error) in ("404", "NoSuchKey", "NotFound") else None
+    except BotoCoreError:
+        return None
+
+
+def object_item(bucket: str, key: str, path: str | None = None, version: str = "", if_match: str = "") -> Item:
     """One object as a pipeline item; nothing is fetched until the pipeline calls read()."""
-    return Item(key if path is None else path, lambda: read_object(bucket, key), version=version)
+    return Item(key if path is None else path, lambda: read_object(bucket, key, if_match), version=version)
 
 
 def list_keys(bucket: str, prefix: str, stats: WalkStats | None = None) -> Iterator[str]:

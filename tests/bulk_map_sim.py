@@ -32,8 +32,14 @@ def definition() -> dict:
     return json.loads(ASL.read_text())
 
 
-def batcher(state: str = "ScoreListing") -> dict:
-    return definition()["States"][state]["ItemBatcher"]
+def batcher(state: str = "ScoreListing", memory_mb: int = 2048) -> dict:
+    """The state's ItemBatcher with MaxItemsPerBatchPath resolved as the deployed stack resolves it: the Sizing
+    mapping's value for the function's memory (the template's default, 2,048 MB)."""
+    from batch_job.sizing import for_memory
+
+    limits = dict(definition()["States"][state]["ItemBatcher"])
+    assert limits.pop("MaxItemsPerBatchPath") == "$.settings.items_per_batch"
+    return {**limits, "MaxItemsPerBatch": for_memory(memory_mb).batch_items}
 
 
 def retry_policy(state: str = "ScoreListing") -> list[dict]:

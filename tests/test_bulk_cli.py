@@ -43,7 +43,7 @@ def sfn(aws):
         definition = ASL.read_text()
         for name, value in {"BulkScoringFunctionArn": f"arn:aws:lambda:{REGION}:123456789012:function:bulk",
                             "OutputBucket": OUT, "BulkMaxConcurrency": "20",
-                            "BulkToleratedFailurePercentage": "0"}.items():
+                            "BulkToleratedFailurePercentage": "0", "BulkItemsPerBatch": "675"}.items():
             definition = definition.replace("${" + name + "}", value)
         arn = client.create_state_machine(name="emotion-batch-bulk", definition=definition,
                                           roleArn="arn:aws:iam::123456789012:role/bulk")["stateMachineArn"]

@@ -320,10 +320,10 @@ def test_a_transient_s3_failure_returns_its_message_to_the_queue_without_an_erro
 
     real_read = s3.read_object
 
-    def flaky(bucket, key):
+    def flaky(bucket, key, if_match=""):
         if key == "uploads/b.png":
             raise ReadError("SlowDown: Please reduce your request rate.", transient=True)
-        return real_read(bucket, key)
+        return real_read(bucket, key, if_match)
     monkeypatch.setattr(s3, "read_object", flaky)
     records = [sqs_record(json.dumps(s3_event(upload(buckets, f"uploads/{n}.png", image_bytes(i), f"0{i}"))),
                           f"m-{n}") for i, n in enumerate("abc")]
