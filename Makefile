@@ -8,7 +8,7 @@ OUTPUT ?= predictions.csv
 CONFIG ?= trainer/configs/vgg_bn_aug.toml
 RUN ?= runs/vgg_bn_aug
 
-.PHONY: setup setup-deploy run test train export quantize bench validate deploy clean
+.PHONY: setup setup-deploy run test train export quantize bench validate deploy teardown clean
 
 setup: $(VENV)/.installed setup-deploy
 
@@ -66,3 +66,7 @@ validate: setup-deploy
 # sam build (needs Docker) + sam deploy (needs AWS credentials); see docs/cloud.md.
 deploy: setup-deploy
 	bash infra/deploy.sh
+
+# Deletes the stack, keeps both buckets and their data (they are Retain): infra/teardown.sh says how to empty them.
+teardown: setup-deploy
+	bash infra/teardown.sh

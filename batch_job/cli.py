@@ -127,14 +127,20 @@ def build_parser() -> argparse.ArgumentParser:
                      help="write paths and errors that start with = + - @ as they are (by default they get a "
                           "leading ' so spreadsheets do not run them as formulas)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
-    cost = sub.add_parser("cost", help="estimate the cost of scoring N images on Lambda, Batch and a GPU")
+    cost = sub.add_parser("cost", help="estimate the cost of scoring N images on each path, beside Rekognition")
     cost.add_argument("--images", type=_bounded(10**15), required=True, help="number of images")
-    cost.add_argument("--memory-mb", type=_bounded(10240), default=2048, help="Lambda memory (default 2048)")
+    cost.add_argument("--workload", choices=("photos", "crops"), default="photos",
+                      help="photos (~200 KB, ~7 faces) or 48x48 face crops; both with their faces found, the "
+                           "template's default mode (default photos)")
+    cost.add_argument("--memory-mb", type=_bounded(10240), default=2048,
+                      help="the functions' memory (default 2048, the template's)")
     cost.add_argument("--images-per-invocation", type=_bounded(10**6), default=100,
-                      help="images per Lambda invocation (the template's SQS batch size; default 100)")
-    cost.add_argument("--photos", action="store_true",
-                      help="price photos with their faces found (the measured photo rate), not face crops")
-    cost.add_argument("--precision", choices=("fp32", "int8"), default="fp32", help="which measured rate (default fp32)")
+                      help="images per upload-queue invocation (the template's SQS batch size, 100, when uploads "
+                           "arrive in bursts; 1 when they trickle in)")
+    cost.add_argument("--shards", type=_bounded(10_000), help="Batch array size (default: enough for 6 h a child)")
+    cost.add_argument("--nat", action="store_true",
+                      help="Batch's S3 traffic through a NAT gateway (no S3 gateway endpoint: not the template)")
+    cost.add_argument("--cpu-class", help="whose measured rate (default: this CPU's class, else the slowest measured)")
     cost.add_argument("--lambda-gb-second", type=float, help="price override, USD")
     cost.add_argument("--s3-get-per-1000", type=float, help="price override, USD")
     cost.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -200,17 +206,20 @@ def print_evaluation(csv_path: str) -> int:
 def print_cost(args: argparse.Namespace) -> int:
     import json
 
-    from batch_job.cost import Prices, estimate, format_estimate
+    from batch_job.cost import Prices, estimate, format_estimate, rate_for
 
     prices = Prices()
     if args.lambda_gb_second is not None:
         prices.lambda_gb_second = args.lambda_gb_second
     if args.s3_get_per_1000 is not None:
         prices.s3_get = args.s3_get_per_1000 / 1000
-    from batch_job.cost import Throughput
-
-    throughput = Throughput.from_bench(photos=args.photos, precision=args.precision)
-    result = estimate(args.images, args.memory_mb, args.images_per_invocation, prices, throughput)
+    try:
+        rate = rate_for(args.workload, args.cpu_class)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FATAL
+    result = estimate(args.images, args.workload, args.memory_mb, args.images_per_invocation, prices, rate,
+                      args.shards, args.nat)
     print(json.dumps(result, indent=2) if args.json else format_estimate(result))
     return EXIT_OK
 

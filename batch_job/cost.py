@@ -1,111 +1,171 @@
-"""What scoring N images costs on Lambda, on AWS Batch (Fargate) and on a GPU instance, beside what a managed
-face-analysis API would charge for the same images.
+"""What scoring N images costs on each of the stack's three paths (the upload queue, the bulk path, AWS Batch),
+for face crops or photos, in the template's default mode (faces found, `auto`), beside Amazon Rekognition's
+DetectFaces at its volume tiers.
 
-Throughput comes from `make bench` for this machine's CPU class (bench/results/<class>/results.json; else the
-newest class measured; else the defaults below), for face crops or photos, fp32 or INT8. Prices are public AWS
-list prices for us-east-1 (x86), as known on PRICES_DATE: check https://aws.amazon.com/pricing before relying
-on them; every one can be overridden on the command line. The managed API is Amazon Rekognition's DetectFaces
-(with Attributes=ALL it returns each face's emotions): a "Group 2" image API, $0.001 per image for the first
-million images a month (https://aws.amazon.com/rekognition/pricing/, as known on PRICES_DATE; cheaper tiers
-after 1M, 5M and 35M images a month).
+Throughput is the measured per-core rate of `make bench` for a CPU class, shipped with the package
+(batch_job/rates.json: an installed package has no bench/ folder), in faces mode auto at the precision that
+class runs by default. Prices are public AWS list prices for us-east-1 as known on PRICES_DATE: check
+https://aws.amazon.com/pricing before relying on them; every one can be overridden. What is modelled, and what
+is assumed, is in docs/cloud.md ("Cost").
 """
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from batch_job.sizing import MB_PER_VCPU, for_memory
+
 PRICES_DATE = "2025-06 (public list prices, us-east-1; not fetched live)"
-BENCH_RESULTS = Path(__file__).resolve().parent.parent / "bench" / "results"
-LAMBDA_MB_PER_VCPU = 1769  # Lambda gives one full vCPU at 1,769 MB, proportionally less or more (up to 6)
+RATES_FILE = Path(__file__).resolve().parent / "rates.json"
+WORKLOADS = ("crops", "photos")
+IMAGE_KB = {"crops": 2, "photos": 200}  # a 48x48 JPEG face crop; a ~2 MP phone JPEG
+SQS_REQUESTS_PER_IMAGE = 1.2  # send (S3's notification) + receive and delete in batches of 10 + empty polls
+BATCH_JOB_VCPUS, BATCH_JOB_GB = 4, 8  # template.yaml's job definition
+BATCH_HOURS_PER_CHILD = 6  # shard so a child finishes in half its 12-hour attempt timeout
 
 
 @dataclass
 class Prices:
-    lambda_gb_second: float = 0.0000166667
+    lambda_gb_second: float = 0.0000166667  # x86_64; arm64 is 0.0000133334
     lambda_request: float = 0.20 / 1e6
     s3_get: float = 0.0004 / 1000
     s3_put: float = 0.005 / 1000  # PUT, COPY, POST and LIST requests
+    s3_list: float = 0.005 / 1000
     sqs_request: float = 0.40 / 1e6
+    sfn_standard_transition: float = 0.025 / 1000
+    sfn_express_request: float = 1.00 / 1e6
+    sfn_express_gb_second: float = 0.00001667
     fargate_vcpu_hour: float = 0.04048
     fargate_gb_hour: float = 0.004445
-    gpu_instance_hour: float = 0.526  # g4dn.xlarge: 1 T4, 4 vCPUs
-    managed_api_per_image: float = 0.001  # Rekognition DetectFaces, first 1M images a month
+    nat_gb: float = 0.045  # only where S3 traffic goes through a NAT gateway (no S3 gateway endpoint)
+    # Rekognition DetectFaces (Group 2 image API), per image, by monthly volume: (images up to, price)
+    rekognition_tiers: list = field(default_factory=lambda: [(1_000_000, 0.001), (5_000_000, 0.0008),
+                                                             (35_000_000, 0.0006), (None, 0.00025)])
 
 
 @dataclass
-class Throughput:
-    """Images per second per vCPU for the whole job (decode + infer + CSV), from bench or defaults."""
-    per_vcpu: float = 400.0
-    source: str = "default (no bench results)"
-
-    @classmethod
-    def from_bench(cls, folder: Path = BENCH_RESULTS, photos: bool = False, precision: str = "fp32") -> Throughput:
-        """The per-core rate measured for this CPU class (else the newest class measured): face crops scored
-        whole, or photos with their faces found; fp32 or INT8. `folder` may also be one results.json."""
-        from batch_job.precision import cpu_class
-
-        mine = folder / cpu_class() / "results.json"
-        candidates = [folder] if folder.suffix == ".json" else \
-            [mine] + sorted(folder.glob("*/results.json"), key=lambda p: p.stat().st_mtime, reverse=True)
-        for path in candidates:
-            try:
-                results = json.loads(path.read_text())
-                if photos:
-                    rate = results["photos"][f"end_to_end_{precision}"]["photos_per_second"] / results["cpu"]["cores"]
-                else:
-                    key = "end_to_end" if precision == "fp32" else f"end_to_end_{precision}"
-                    rate = results[key]["images_per_second_per_core"]
-                where = path.parent.name if folder.suffix != ".json" else path.name
-                return cls(float(rate), f"measured by make bench ({where}; {'photos' if photos else 'face crops'}, "
-                                        f"{precision})")
-            except (OSError, KeyError, ValueError, ZeroDivisionError):
-                continue
-        return cls()
+class Rate:
+    """Images per second per vCPU, end to end (read, decode, detect, score, write), and where it comes from."""
+    per_vcpu: float
+    source: str
 
 
-def estimate(images: int, memory_mb: int = 2048, images_per_invocation: int = 100, prices: Prices | None = None,
-             throughput: Throughput | None = None, fargate_vcpus: int = 2, fargate_gb: int = 4,
-             gpu_images_per_second: float | None = None) -> dict:
-    """Costs in USD by platform and by part (compute, requests, S3)."""
+def load_rates(path: Path = RATES_FILE) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def rate_for(workload: str, cpu_class: str | None = None, rates: dict | None = None) -> Rate:
+    """The measured rate for this workload on this CPU class; else the slowest class that measured it (a
+    Lambda or Fargate CPU may be any of them), saying so."""
+    from batch_job.precision import cpu_class as this_class
+
+    rates = load_rates() if rates is None else rates
+    wanted = cpu_class or this_class()
+    measured = {name: entry[workload] for name, entry in rates.items() if isinstance(entry, dict) and workload in entry}
+    if wanted in measured:
+        row = measured[wanted]
+        return Rate(row["per_core"], f"make bench on {wanted} ({row['precision']}, faces {row['faces']})")
+    if not measured:
+        raise ValueError(f"no measured rate for {workload} in {RATES_FILE}: run make bench")
+    slowest = min(measured, key=lambda name: measured[name]["per_core"])
+    row = measured[slowest]
+    return Rate(row["per_core"], f"make bench on {slowest} ({row['precision']}, faces {row['faces']}); {wanted} "
+                                 "not measured: the slowest class measured")
+
+
+def rekognition(images: int, prices: Prices) -> float:
+    """DetectFaces for `images` in one month, tier by tier."""
+    total, below = 0.0, 0
+    for upto, price in prices.rekognition_tiers:
+        band = (images if upto is None else min(images, upto)) - below
+        if band <= 0:
+            break
+        total += band * price
+        below += band
+    return total
+
+
+def estimate(images: int, workload: str = "photos", memory_mb: int = 2048, images_per_invocation: int = 100,
+             prices: Prices | None = None, rate: Rate | None = None, shards: int | None = None,
+             nat: bool = False) -> dict:
+    """USD by path and by part, for `images` of one workload, with the template's defaults."""
+    if workload not in WORKLOADS:
+        raise ValueError(f"workload must be one of {', '.join(WORKLOADS)}")
     prices = prices or Prices()
-    throughput = throughput or Throughput.from_bench()
-    s3 = images * prices.s3_get + math.ceil(images / 1000) * prices.s3_put  # GET each image, LIST 1k keys a page
-    lambda_vcpus = min(6.0, memory_mb / LAMBDA_MB_PER_VCPU)
-    lambda_seconds = images / (throughput.per_vcpu * min(1.0, lambda_vcpus))  # the runtime scales to ~1 core well
+    rate = rate or rate_for(workload)
+    vcpus = memory_mb / MB_PER_VCPU
+    lambda_seconds = images / (rate.per_vcpu * vcpus)
+    lambda_compute = lambda_seconds * memory_mb / 1024 * prices.lambda_gb_second
+    gets = images * prices.s3_get
+    listing = math.ceil(images / 1000) * prices.s3_list
+
     invocations = math.ceil(images / images_per_invocation)
-    lambda_parts = {
-        "compute": lambda_seconds * memory_mb / 1024 * prices.lambda_gb_second,
-        "requests": invocations * (prices.lambda_request + 3 * prices.sqs_request + prices.s3_put),  # CSV PUT each
-        "s3_reads": s3,
-    }
-    fargate_hours = images / (throughput.per_vcpu * fargate_vcpus) / 3600
-    batch_parts = {
-        "compute": fargate_hours * (fargate_vcpus * prices.fargate_vcpu_hour + fargate_gb * prices.fargate_gb_hour),
-        "requests": prices.s3_put,  # one CSV
-        "s3_reads": s3,
-    }
-    # A GPU does not help decoding: its 4 vCPUs still decode every JPEG, so decode bounds it.
-    gpu_rate = gpu_images_per_second or throughput.per_vcpu * 4
-    gpu_parts = {"compute": images / gpu_rate / 3600 * prices.gpu_instance_hour, "requests": prices.s3_put,
-                 "s3_reads": s3}
-    platforms = {"lambda": lambda_parts, "batch_fargate": batch_parts, "gpu_instance": gpu_parts,
-                 "managed_api": {"compute": images * prices.managed_api_per_image, "requests": 0.0, "s3_reads": s3}}
+    upload = {"compute": lambda_compute, "lambda_requests": invocations * prices.lambda_request,
+              "sqs": images * SQS_REQUESTS_PER_IMAGE * prices.sqs_request,
+              "s3_get": gets, "s3_put_outputs": invocations * prices.s3_put}
+
+    batch_items = for_memory(memory_mb).batch_items
+    children = math.ceil(images / batch_items)
+    child_seconds = batch_items / (rate.per_vcpu * vcpus) + 1.0  # + the invoke's own overhead
+    bulk = {"compute": lambda_compute, "lambda_requests": children * prices.lambda_request,
+            "step_functions": children * (prices.sfn_standard_transition + prices.sfn_express_request
+                                          + math.ceil(child_seconds * 10) / 10 * 0.0625 * prices.sfn_express_gb_second),
+            "s3_get": gets, "s3_list": listing, "s3_put_outputs": children * prices.s3_put}
+
+    job_rate = rate.per_vcpu * BATCH_JOB_VCPUS  # images/s of one 4-vCPU job
+    shards = shards or max(1, math.ceil(images / (job_rate * BATCH_HOURS_PER_CHILD * 3600)))
+    fargate_hours = images / job_rate / 3600
+    batch = {"compute": fargate_hours * (BATCH_JOB_VCPUS * prices.fargate_vcpu_hour
+                                         + BATCH_JOB_GB * prices.fargate_gb_hour),
+             "s3_get": gets, "s3_list": shards * listing, "s3_put_outputs": shards * prices.s3_put}
+    if nat:
+        batch["nat"] = images * IMAGE_KB[workload] / 1024 / 1024 * prices.nat_gb
+
+    paths = {"upload_queue": upload, "bulk": bulk, "batch": batch,
+             "rekognition": {"detect_faces": rekognition(images, prices), "s3_get": gets}}
     return {
-        "images": images, "memory_mb": memory_mb, "throughput": asdict(throughput), "prices_date": PRICES_DATE,
-        "platforms": {name: {**parts, "total": sum(parts.values()),
-                             "dominant": max(parts, key=lambda part: parts[part])} for name, parts in platforms.items()},
-        "lambda_seconds": lambda_seconds, "lambda_invocations": invocations,
+        "images": images, "workload": workload, "memory_mb": memory_mb, "rate": asdict(rate),
+        "prices_date": PRICES_DATE, "images_per_invocation": images_per_invocation,
+        "bulk_batch_items": batch_items, "bulk_children": children, "batch_shards": shards,
+        "lambda_seconds": lambda_seconds,
+        "paths": {name: {**parts, "total": sum(parts.values()), "dominant": max(parts, key=lambda p: parts[p])}
+                  for name, parts in paths.items()},
     }
 
 
 def format_estimate(result: dict) -> str:
-    lines = [f"Scoring {result['images']:,} images (throughput {result['throughput']['per_vcpu']:.0f} images/s "
-             f"per vCPU, {result['throughput']['source']}; prices {result['prices_date']}):"]
-    for name, parts in result["platforms"].items():
-        detail = ", ".join(f"{k} ${v:,.4f}" for k, v in parts.items() if k not in ("total", "dominant"))
-        lines.append(f"  {name:<14} ${parts['total']:,.4f}  ({detail}; dominated by {parts['dominant']})")
-    lines.append(f"  Lambda at {result['memory_mb']} MB: {result['lambda_seconds']:,.0f} s of compute over "
-                 f"{result['lambda_invocations']:,} invocations")
+    lines = [f"Scoring {result['images']:,} {result['workload']} with their faces found "
+             f"({result['rate']['per_vcpu']:.1f} images/s per vCPU, {result['rate']['source']}; "
+             f"prices {result['prices_date']}):"]
+    for name, parts in result["paths"].items():
+        detail = ", ".join(f"{k} ${v:,.2f}" for k, v in parts.items() if k not in ("total", "dominant"))
+        lines.append(f"  {name:<13} ${parts['total']:>12,.2f}  ({detail}; dominated by {parts['dominant']})")
+    lines.append(f"  Lambda {result['memory_mb']} MB: {result['lambda_seconds']:,.0f} s of compute; upload queue "
+                 f"{result['images_per_invocation']} images per invocation; bulk batches of "
+                 f"{result['bulk_batch_items']} ({result['bulk_children']:,} child executions); Batch "
+                 f"{result['batch_shards']} shards")
     return "\n".join(lines)
+
+
+def rates_from_bench(results: dict) -> dict:
+    """One CPU class's entry of rates.json from bench/results/<class>/results.json: the default mode (auto) at the
+    precision that class runs by default (INT8 where measured, else fp32)."""
+    cores = results.get("cpu", {}).get("cores") or 1
+    entry: dict = {"cpu": results.get("cpu", {}).get("model", ""), "date": results.get("date", "")}
+    auto = results.get("end_to_end_auto")
+    if auto:
+        entry["crops"] = {"per_core": round(auto["images_per_second"] / cores, 1), "precision": auto["precision"],
+                          "faces": auto["faces_mode"]}
+    photos = results.get("photos", {})
+    for precision in ("int8", "fp32"):
+        run = photos.get(f"end_to_end_{precision}")
+        if run:
+            entry["photos"] = {"per_core": round(run["photos_per_second"] / cores, 1), "precision": precision,
+                               "faces": "auto"}
+            break
+    return entry

@@ -360,7 +360,8 @@ def markdown(results: dict) -> str:
                   f"{r['sequential']['objects_per_second']:.0f} | {r['concurrent']['objects_per_second']:.0f} | "
                   f"{r['speedup']}x |" for key, r in s3.items() if key.startswith("delay_")]
     if "cost_per_million" in results:
-        lines += ["", "| cost per million face crops, fp32 (USD) | total | dominated by |", "|---|---:|---|"]
+        workload = results.get("cost_workload", "face crops")
+        lines += ["", f"| cost per million {workload}, default mode (USD) | total | dominated by |", "|---|---:|---|"]
         lines += [f"| {k} | {v['total']:.3f} | {v['dominant']} |" for k, v in results["cost_per_million"].items()]
     return "\n".join(lines) + "\n"
 
@@ -387,11 +388,11 @@ def chart(results: dict, out: Path) -> None:
     axes[0].set_title(f"Throughput on {os.cpu_count()} CPU cores")
     for i, value in enumerate(bars.values()):
         axes[0].text(i, value, f"{value:,.0f}", ha="center", va="bottom")
-    costs = results["cost_per_million"]
-    parts = ["compute", "requests", "s3_reads"]
+    costs = {name: parts for name, parts in results["cost_per_million"].items() if isinstance(parts, dict)}
+    parts = sorted({part for row in costs.values() for part in row if part not in ("total", "dominant")})
     bottom = np.zeros(len(costs))
     for part in parts:
-        values = np.array([costs[name][part] for name in costs])
+        values = np.array([costs[name].get(part, 0.0) for name in costs])
         axes[1].bar(list(costs), values, bottom=bottom, label=part)
         bottom += values
     axes[1].set_ylabel("USD per million images")
@@ -466,11 +467,17 @@ def main() -> int:
     if "int8" not in args.skip:
         results["int8"] = bench_int8(model_path, (pixels, validation.labels))
 
-    from batch_job.cost import Throughput, estimate
+    from batch_job.cost import RATES_FILE, Rate, estimate, load_rates, rates_from_bench
+    from batch_job.precision import cpu_class
 
-    cost = estimate(1_000_000, throughput=Throughput(results["end_to_end"]["images_per_second_per_core"],
-                                                     "measured by make bench"))
-    results["cost_per_million"] = cost["platforms"]
+    entry = rates_from_bench(results)  # the package's rates.json: what `cost` reads where there is no bench/
+    if "crops" in entry or "photos" in entry:
+        rates = load_rates()
+        rates[cpu_class()] = entry
+        RATES_FILE.write_text(json.dumps(rates, indent=2) + "\n")
+        workload = "photos" if "photos" in entry else "crops"
+        cost = estimate(1_000_000, workload, rate=Rate(entry[workload]["per_core"], "measured by this make bench"))
+        results["cost_per_million"], results["cost_workload"] = cost["paths"], workload
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "results.md").write_text(markdown(results))

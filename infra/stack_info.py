@@ -3,6 +3,7 @@ with SAM CLI). Extra arguments are deploy.sh's own (--stack-name, --region), rea
 
     python infra/stack_info.py params [sam args]   -> "<Architecture> <BatchImageUri or ->" ("- -" if no stack)
     python infra/stack_info.py image [sam args]    -> the function's image URI if the job definition lacks it
+    python infra/stack_info.py buckets [sam args]  -> "<input bucket> <output bucket>" ("- -" if no stack)
 """
 from __future__ import annotations
 
@@ -24,11 +25,13 @@ def main(mode: str, args: list[str]) -> str:
     try:
         described = boto3.client("cloudformation", region_name=region).describe_stacks(StackName=stack)["Stacks"][0]
     except ClientError:
-        return "- -" if mode == "params" else ""
+        return "- -" if mode in ("params", "buckets") else ""
     params = {p["ParameterKey"]: p.get("ParameterValue", "") for p in described.get("Parameters", [])}
     if mode == "params":
         return f"{params.get('Architecture') or '-'} {params.get('BatchImageUri') or '-'}"
     outputs = {o["OutputKey"]: o["OutputValue"] for o in described.get("Outputs", [])}
+    if mode == "buckets":
+        return f"{outputs.get('InputBucketName', '-')} {outputs.get('OutputBucketName', '-')}"
     image = boto3.client("lambda", region_name=region).get_function(
         FunctionName=outputs["ScoringFunctionName"])["Code"]["ImageUri"]
     return "" if params.get("BatchImageUri") == image else image

@@ -580,3 +580,50 @@ def test_deploy_passes_the_deployed_batch_image_on_so_the_job_definition_survive
     calls = fake_deploy(tmp_path, {"ARCHITECTURE": ""}, params="x86_64 123.dkr.ecr/emotion@sha256:9", image="")
     assert "BatchImageUri=123.dkr.ecr/emotion@sha256:9" in calls[1]  # not samconfig's empty guided value
     assert len(calls) == 2  # the image did not change: no second deploy
+
+
+# ---- operations (issue 19, 12) ----
+
+def test_every_sample_event_parses_as_the_kind_its_readme_says():
+    from batch_job import bulk, events
+
+    folder = REPO / "infra" / "events"
+    kinds = {"s3-put.json": "s3", "sqs-uploads.json": "sqs", "prefix.json": "prefix"}
+    for name, kind in kinds.items():
+        event = json.loads((folder / name).read_text())
+        assert events.event_kind(event) == kind, name
+        assert name in (folder / "README.md").read_text()
+    assert [o.key for o in events.s3_objects(json.loads((folder / "s3-put.json").read_text()))] == \
+        ["uploads/team photo.jpg"]
+    messages = events.sqs_messages(json.loads((folder / "sqs-uploads.json").read_text()))
+    assert [o.key for m in messages for o in m.objects] == ["uploads/a.jpg", "uploads/b c.png"]
+    parsed = bulk.parse_batch(json.loads((folder / "bulk-batch.json").read_text()))
+    assert [o.key for o in parsed.objects] == ["photos/a.jpg", "photos/b c.png"] and all(o.etag for o in parsed.objects)
+
+
+BOTO3_ACTIONS = {"describe_stacks": "cloudformation:DescribeStacks", "start_execution": "states:StartExecution",
+                 "describe_execution": "states:DescribeExecution", "list_map_runs": "states:ListMapRuns",
+                 "describe_map_run": "states:DescribeMapRun", "list_objects_v2": "s3:ListBucket",
+                 "get_paginator": "s3:ListBucket", "get_object": "s3:GetObject", "put_object": "s3:PutObject",
+                 "upload_file": "s3:PutObject", "delete_objects": "s3:DeleteObject", "head_bucket": "s3:ListBucket"}
+
+
+def test_the_operator_policy_covers_every_call_submit_status_and_merge_make():
+    policy = json.loads((REPO / "infra" / "policies" / "operator.json").read_text())
+    allowed = {action for s in policy["Statement"] for action in as_list(s["Action"])}
+    assert all(s["Resource"] != "*" for s in policy["Statement"])
+    called = set()
+    for module in ("bulk_cli.py", "bulk_run.py", "s3.py", "destinations.py"):
+        source = (REPO / "batch_job" / module).read_text()
+        called |= {action for call, action in BOTO3_ACTIONS.items() if f".{call}(" in source}
+    assert called and called <= allowed, called - allowed
+
+
+def test_teardown_keeps_the_buckets_and_says_so_first(template):
+    script = (REPO / "infra" / "teardown.sh").read_text()
+    assert "NOT deleted" in script and "sam delete" in script
+    assert script.index("Delete the stack?") < script.index('"$SAM" delete')  # asks before deleting
+    for bucket in ("InputBucket", "OutputBucket"):  # what the script promises
+        assert template["Resources"][bucket]["DeletionPolicy"] == "Retain"
+    makefile = (REPO / "Makefile").read_text()
+    assert "teardown:" in makefile and "infra/teardown.sh" in makefile
