@@ -15,6 +15,7 @@ The model, stated so it can be checked (docs/cloud.md, "Sizing"):
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 MB_PER_VCPU = 1769
@@ -47,7 +48,7 @@ def for_memory(memory_mb: int) -> Sizing:
     return Sizing(memory_mb, items, budget)
 
 
-def lambda_decode_budget(env: dict[str, str] | os._Environ = os.environ) -> int | None:
+def lambda_decode_budget(env: Mapping[str, str] = os.environ) -> int | None:
     """The decode budget for this Lambda function's memory (AWS_LAMBDA_FUNCTION_MEMORY_SIZE), or None outside
     Lambda. DECODE_BUDGET_MB, when set, wins (Settings reads it)."""
     memory = env.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "")
