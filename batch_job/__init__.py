@@ -2,7 +2,7 @@
 library API, batch_job.api) or `emotion-batch run ./photos` (the command line, batch_job.cli)."""
 from __future__ import annotations
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 
 def __getattr__(name: str):

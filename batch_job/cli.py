@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 import warnings
+from typing import NoReturn
 
 from batch_job import bulk_cli
 from batch_job.base import BatchJobError, DestinationError, UsageError, is_s3_url
@@ -90,8 +91,34 @@ def score(sources: list[str], dest: str, settings: Settings, progress: bool, ann
         destination.close()
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with "did you mean" for a mistyped option or command (Python 3.11's argparse has none)."""
+
+    def error(self, message: str) -> NoReturn:
+        import difflib
+        import re
+
+        known: list[str] = []
+        parsers = [self]
+        while parsers:  # this parser's options and commands, and its commands' options
+            parser = parsers.pop()
+            known += [o for action in parser._actions for o in action.option_strings]
+            for action in parser._actions:
+                if isinstance(action, argparse._SubParsersAction):
+                    known += list(action.choices)
+                    parsers += list(action.choices.values())
+        words = re.findall(r"unrecognized arguments: (.*)$", message)
+        words = words[0].split() if words else re.findall(r"invalid choice: '([^']*)'", message)
+        for word in words:
+            close = difflib.get_close_matches(word.split("=", 1)[0], known, n=1, cutoff=0.6)
+            if close:
+                message += f" (did you mean {close[0]}?)"
+                break
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="emotion-batch",
+    parser = Parser(prog="emotion-batch",
                                      description="Find the faces in images and score their emotion; write a CSV. "
                                                  "`python -m batch_job` is the same command.")
     parser.add_argument("--version", action=_Version, help="print the version and the models' names")

@@ -72,6 +72,16 @@ def onnx_images_per_second(onnx_bytes: bytes, pixels: np.ndarray, batch: int = 2
     return images / (time.perf_counter() - started)
 
 
+LICENSE = "Apache-2.0 (the weights, trained by this project; the YuNet face detector beside it: Apache-2.0)"
+DATA_TERMS = {
+    "FER2013": "Goodfellow et al., ICML 2013 workshop, distributed on Kaggle for research use: the training "
+               "images (train, more, extra folders of ../shared/data) are FER2013 faces; check those terms before "
+               "commercial use of a model trained on them",
+    "FER+": "Barsoum et al. 2016, Microsoft's FER+ crowd votes (MIT licence): used as training targets or filters "
+            "where a config asks (soft_targets, min_label_share) and to report FER+ agreement",
+}
+
+
 def model_card(name: str, channels: int, parity: Parity, metrics: dict) -> dict[str, str]:
     """String key/values for ONNX metadata_props; the runtime reads classes, input_size and channels."""
     return {
@@ -85,6 +95,8 @@ def model_card(name: str, channels: int, parity: Parity, metrics: dict) -> dict[
         "preprocessing": PREPROCESSING + " (batch_job.preprocessing.load_image)",
         "parity": json.dumps(parity.__dict__),
         "metrics": json.dumps(metrics),
+        "license": LICENSE,
+        "data": json.dumps(DATA_TERMS),
     }
 
 

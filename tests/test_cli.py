@@ -163,3 +163,12 @@ def test_decoding_keeps_input_order_even_when_items_finish_out_of_order():
     out = [result for _, result in decoded((Item(str(i), bytes) for i in range(200)), slow, workers=8,
                                            lookahead=32)]
     assert out == [str(i) for i in range(200)]
+
+
+@pytest.mark.parametrize("argv, suggestion", [(["run", "x", "--fromat", "csv"], "did you mean --format?"),
+                                              (["rnu", "x"], "did you mean run?"),
+                                              (["run", "x", "--anotate", "d"], "did you mean --annotate?")])
+def test_a_mistyped_option_or_command_gets_a_suggestion(argv, suggestion, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == 2 and suggestion in capsys.readouterr().err

@@ -141,3 +141,14 @@ def test_importing_the_api_does_not_import_tensorflow():
     code = "import sys, batch_job; batch_job.Scorer; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert result.stdout.strip() == "False False"
+
+
+def test_the_wheel_is_the_runtime_only_with_its_licences_and_types(installed):
+    site = next(installed.parent.glob("lib/python3*/site-packages"))
+    assert (site / "batch_job" / "py.typed").is_file() and (site / "batch_job" / "rates.json").is_file()
+    assert not (site / "trainer").exists() and not (site / "converter").exists()  # TensorFlow's side stays out
+    (info,) = site.glob("emotion_batch_scoring-*.dist-info")
+    metadata = (info / "METADATA").read_text()
+    assert "License-Expression: Apache-2.0" in metadata
+    licences = {p.name for p in info.rglob("*LICENSE*")}
+    assert {"LICENSE", "face_detection_yunet.LICENSE"} <= licences
