@@ -17,10 +17,11 @@ import signal
 import sys
 import time
 import warnings
+from collections.abc import Iterable, Iterator
 from typing import NoReturn
 
 from batch_job import bulk_cli
-from batch_job.base import BatchJobError, DestinationError, UsageError, is_s3_url
+from batch_job.base import BatchJobError, DestinationError, Item, UsageError, is_s3_url
 from batch_job.destinations import OutputClosed, open_destination
 from batch_job.formats import FORMAT_NAMES, for_destination
 from batch_job.results import Totals
@@ -45,10 +46,27 @@ class Stopped(BaseException):
         self.signum = signum
 
 
+def skip_done(items: Iterable[Item], done: Iterable[str]) -> tuple[int, Iterator[Item]]:
+    """(how many inputs an interrupted run already scored, the rest): they are the first inputs of the same
+    listing, in the same order, or the inputs changed and resuming would be wrong."""
+    rest = iter(items)
+    count = 0
+    for path in done:
+        item = next(rest, None)
+        if item is None or item.path != path:
+            now = "nothing more" if item is None else repr(item.path)
+            raise UsageError(f"the inputs changed since the interrupted run (its output has {path!r} where the "
+                             f"inputs now have {now}): run without --resume")
+        count += 1
+    return count, rest
+
+
 def score(sources: list[str], dest: str, settings: Settings, progress: bool, annotate: str | None = None,
-          shard: tuple[int, int] | None = None, raw_csv: bool = False) -> tuple[Totals, float]:
+          shard: tuple[int, int] | None = None, raw_csv: bool = False, resume: bool = False
+          ) -> tuple[Totals, float, int]:
     """Score every input into one output (settings.output_format); returns the totals and the seconds it took.
-    The destination is checked before anything is loaded or scored. A thin user of the library API (Scorer)."""
+    The destination is checked before anything is loaded or scored. A thin user of the library API (Scorer).
+    resume: start from DEST.partial, the rows an interrupted run kept (returns how many inputs it had)."""
     from tqdm import tqdm
 
     from batch_job import formats
@@ -71,22 +89,32 @@ def score(sources: list[str], dest: str, settings: Settings, progress: bool, ann
         items = non_empty(listed())
         if items is None and not shard:  # an empty shard still writes its (header-only) part
             raise FatalError(f"no image files found in {' '.join(sources)}")
-        total = sum(1 for _ in listed()) if progress else None
+        earlier = destination.partial() if resume else None
+        resumed = 0
+        if resume and earlier is None:
+            print(f"note: no interrupted output ({dest}.partial) to resume: scoring everything", file=sys.stderr)
+        if earlier:
+            names = formats.columns(scorer.classes)
+            resumed, items = skip_done(items or iter(()), formats.done_paths(earlier, settings.output_format, names))
+            print(f"note: resuming after the {resumed} inputs in {dest}.partial", file=sys.stderr)
+        total = (sum(1 for _ in listed()) - resumed) if progress else None
         if annotate:
             from batch_job.annotate import Annotator
 
             annotator = Annotator(annotate)
             items = annotator.remember(items or iter(()))
         started = time.perf_counter()
-        with destination.open() as out:
+        with destination.open(resume=earlier) as out:
             results = scorer.score_items(items or iter(()))
             if annotate:
                 results = annotator.draw_all(results)
             totals = formats.write(results, out, settings.output_format, scorer.classes, neutralise=not raw_csv,
                                    watch=lambda stream: tqdm(stream, total=total, unit="img", disable=not progress,
-                                                             file=sys.stderr))
+                                                             file=sys.stderr), header=earlier is None)
+        if earlier:
+            destination.forget_partial()
         totals.skipped = opened.stats.skipped
-        return totals, time.perf_counter() - started
+        return totals, time.perf_counter() - started, resumed
     finally:
         destination.close()
 
@@ -153,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--raw-csv", action="store_true",
                      help="write paths and errors that start with = + - @ as they are (by default they get a "
                           "leading ' so spreadsheets do not run them as formulas)")
+    run.add_argument("--resume", action="store_true",
+                     help="continue an interrupted run: its rows are in DEST.partial (kept on Ctrl-C or SIGTERM); "
+                          "only the inputs it had not scored are scored, and DEST is the whole output")
     run.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
     cost = sub.add_parser("cost", help="estimate the cost of scoring N images on each path, beside Rekognition")
     cost.add_argument("--images", type=_bounded(10**15), required=True, help="number of images")
@@ -310,7 +341,8 @@ def run_command(args: argparse.Namespace) -> int:
                 os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
             except OSError as error:
                 raise DestinationError(f"cannot create {os.path.dirname(output)}: {error.strerror}") from None
-        totals, seconds = score(args.sources, output, settings, progress, args.annotate, args.shard, args.raw_csv)
+        totals, seconds, resumed = score(args.sources, output, settings, progress, args.annotate, args.shard,
+                                         args.raw_csv, args.resume)
     except BatchJobError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FATAL
@@ -319,6 +351,7 @@ def run_command(args: argparse.Namespace) -> int:
     rate = totals.images / seconds if seconds > 0 else float("inf")
     where = "stdout" if output == "-" else output
     annotated = f"; annotated copies in {args.annotate}" if args.annotate else ""
+    annotated += f"; the first {resumed} inputs from the interrupted run" if resumed else ""
     print(f"scored {totals} in {seconds:.1f} s, {rate:.0f} images/s -> {where}{annotated}", file=sys.stderr)
     return EXIT_SOME_ERRORS if totals.errors else EXIT_OK
 
@@ -327,12 +360,19 @@ def main(argv: list[str] | None = None) -> int:
     """The command line. Ctrl-C at any moment (even while the libraries load) ends it with one line and 130."""
     try:
         return _main(argv)
-    except KeyboardInterrupt:
-        print("error: interrupted; nothing written", file=sys.stderr)
+    except KeyboardInterrupt as stop:
+        print(f"error: interrupted; {_kept(stop)}", file=sys.stderr)
         return 128 + signal.SIGINT
     except Stopped as stop:
-        print(f"error: stopped by {signal.Signals(stop.signum).name}; nothing written", file=sys.stderr)
+        print(f"error: stopped by {signal.Signals(stop.signum).name}; {_kept(stop)}", file=sys.stderr)
         return 128 + stop.signum
+
+
+def _kept(stop: BaseException) -> str:
+    partial = getattr(stop, "partial", None)
+    if partial:
+        return f"the rows scored so far are in {partial}: run the same command with --resume to finish"
+    return "nothing written"
 
 
 def _main(argv: list[str] | None) -> int:

@@ -28,6 +28,20 @@ from typing import IO
 from batch_job.base import MAX_KEY_BYTES, DestinationError, Error, is_image_path, is_s3_url
 from batch_job.formats import CSV, OutputFormat
 
+PARTIAL = ".partial"  # what an interrupted run keeps: DEST.partial, its complete rows so far
+
+
+def interrupted(error: BaseException) -> bool:
+    """Ctrl-C, or a signal the command line turned into an exception (cli.Stopped has a signum)."""
+    return isinstance(error, KeyboardInterrupt) or hasattr(error, "signum")
+
+
+def _copy_into(sink, path: str) -> None:
+    """An earlier partial output's text, streamed into the new output first (--resume)."""
+    with open(path, encoding="utf-8", newline="") as earlier:
+        while chunk := earlier.read(1 << 20):
+            sink.write(chunk)
+
 
 class OutputClosed(Error):
     """Standard output was closed by its reader (a broken pipe): nothing is wrong, nobody is listening."""
@@ -111,6 +125,13 @@ def _finish(sink: SpillingFile, keep: bool, tmp: str) -> None:
                 os.unlink(leftover)
 
 
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -118,14 +139,23 @@ def _umask() -> int:
 
 
 class Destination:
-    """A checked DEST. Use `with destination.open() as out:`; the output appears only if the block completes."""
+    """A checked DEST. Use `with destination.open() as out:`; the output appears only if the block completes.
+    Interrupted (Ctrl-C, SIGTERM), the rows written so far are kept as DEST.partial (the exception carries
+    `.partial`, where); `partial()` finds one for --resume, and `open(resume=path)` starts from its rows."""
 
     def __init__(self, dest: str, fmt: OutputFormat = CSV):
         self.dest, self.format = dest, fmt
 
     @contextmanager
-    def open(self) -> Iterator[IO[str]]:
+    def open(self, resume: str | None = None) -> Iterator[IO[str]]:
         raise NotImplementedError
+
+    def partial(self) -> str | None:
+        """A local file holding an interrupted run's rows for this DEST, or None."""
+        return None
+
+    def forget_partial(self) -> None:
+        """After a resumed run completes: the partial output is part of the output now."""
 
     def describe(self) -> str:
         return self.dest
@@ -136,8 +166,10 @@ class Destination:
 
 class StdoutDestination(Destination):
     @contextmanager
-    def open(self) -> Iterator[IO[str]]:
+    def open(self, resume: str | None = None) -> Iterator[IO[str]]:
         try:
+            if resume:
+                _copy_into(sys.stdout, resume)
             yield sys.stdout
             sys.stdout.flush()
         except BrokenPipeError:
@@ -238,8 +270,18 @@ class LocalDestination(Destination):
         if self.lock:
             self.lock.release()
 
+    def partial(self) -> str | None:
+        path = self.dest + PARTIAL
+        return path if not self.in_place and os.path.isfile(path) else None
+
+    def forget_partial(self) -> None:
+        try:
+            os.unlink(self.dest + PARTIAL)
+        except OSError:
+            pass
+
     @contextmanager
-    def open(self) -> Iterator[IO[str]]:
+    def open(self, resume: str | None = None) -> Iterator[IO[str]]:
         if self.in_place:
             yield from self._open_in_place()
             return
@@ -247,7 +289,14 @@ class LocalDestination(Destination):
         sink = SpillingFile(self.tmp, self.fd, self.format.extension)
         keep = False
         try:
-            yield sink  # type: ignore[misc]  # a text sink: the format's writer only calls write()
+            if resume:
+                _copy_into(sink, resume)
+            try:
+                yield sink  # type: ignore[misc]  # a text sink: the format's writer only calls write()
+            except BaseException as stop:
+                if interrupted(stop):
+                    keep = self._keep_partial(sink, stop)
+                raise
             sink.close()
             if sink.spilled_to:
                 keep = True
@@ -262,6 +311,18 @@ class LocalDestination(Destination):
                                        f"output is at {self.tmp}") from None
         finally:
             _finish(sink, keep, self.tmp)
+
+    def _keep_partial(self, sink: SpillingFile, stop: BaseException) -> bool:
+        """The rows written so far become DEST.partial (whole results only: each result is one write)."""
+        try:
+            sink.close()
+            kept = sink.spilled_to or self.tmp
+            os.chmod(kept, 0o666 & ~_umask())
+            os.replace(kept, self.dest + PARTIAL)
+            stop.partial = self.dest + PARTIAL  # type: ignore[attr-defined]
+            return True
+        except (OSError, DestinationError):
+            return False
 
     def _open_in_place(self) -> Iterator[IO[str]]:
         """A character device or FIFO: written as it is, no temporary file, nothing to rename."""
@@ -288,15 +349,50 @@ class S3Destination(Destination):
 
         self.bucket, self.key = s3.check_destination(dest)
 
+    def partial(self) -> str | None:
+        """s3://bucket/key.partial, downloaded to a temporary file (removed when this process ends)."""
+        from batch_job import s3
+
+        if not s3.exists(self.bucket, self.key + PARTIAL):
+            return None
+        fd, local = tempfile.mkstemp(prefix="partial-", suffix=self.format.extension)
+        os.close(fd)
+        s3.client().download_file(self.bucket, self.key + PARTIAL, local)
+        import atexit
+
+        atexit.register(_remove, local)
+        return local
+
+    def forget_partial(self) -> None:
+        from batch_job import s3
+
+        try:
+            s3.client().delete_object(Bucket=self.bucket, Key=self.key + PARTIAL)
+        except Exception as error:  # noqa: BLE001 - no s3:DeleteObject: say so, the output itself is complete
+            print(f"warning: cannot delete {self.dest}{PARTIAL} ({s3.describe(error)}): delete it yourself",
+                  file=sys.stderr)
+
     @contextmanager
-    def open(self) -> Iterator[IO[str]]:
+    def open(self, resume: str | None = None) -> Iterator[IO[str]]:
         from batch_job import s3
 
         fd, tmp = tempfile.mkstemp(prefix="predictions-", suffix=self.format.extension)
         sink = SpillingFile(tmp, fd, self.format.extension)
         keep = False
         try:
-            yield sink  # type: ignore[misc]
+            if resume:
+                _copy_into(sink, resume)
+            try:
+                yield sink  # type: ignore[misc]
+            except BaseException as stop:
+                if interrupted(stop):  # SIGTERM from AWS Batch: the rows so far go up beside the output
+                    try:
+                        sink.close()
+                        s3.upload_file(sink.spilled_to or tmp, self.dest + PARTIAL, self.format.content_type)
+                        stop.partial = self.dest + PARTIAL  # type: ignore[attr-defined]
+                    except (OSError, DestinationError):
+                        pass
+                raise
             sink.close()
             local = sink.spilled_to or tmp
             try:
@@ -322,7 +418,7 @@ class SmallS3Destination(Destination):
             raise DestinationError(f"output key empty or longer than S3's {MAX_KEY_BYTES} bytes: {dest[:80]}...")
 
     @contextmanager
-    def open(self) -> Iterator[IO[str]]:
+    def open(self, resume: str | None = None) -> Iterator[IO[str]]:
         from batch_job import s3
 
         out = io.StringIO()

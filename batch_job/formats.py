@@ -97,35 +97,41 @@ class RowWriter:
         self.buffer = io.StringIO()
         self.writer = csv.writer(self.buffer, lineterminator="\r\n")
 
-    def writerow(self, row: list[str]) -> None:
+    def line(self, row: list[str]) -> str:
         if self.neutralise:
             row = [neutralised(cell) if k in self.free else cell for k, cell in enumerate(row)]
         self.buffer.seek(0)
         self.buffer.truncate()
         self.writer.writerow(row)
-        self.out.write(self.buffer.getvalue()[:-2] + "\n")
+        return self.buffer.getvalue()[:-2] + "\n"
+
+    def writerow(self, row: list[str]) -> None:
+        self.out.write(self.line(row))
 
 
 class Writer:
     """Writes one format's header (if any) and rows to a text stream."""
 
-    def __init__(self, fmt: OutputFormat, out: IO[str], names: list[str], neutralise: bool = True):
+    def __init__(self, fmt: OutputFormat, out: IO[str], names: list[str], neutralise: bool = True,
+                 header: bool = True):
         self.fmt, self.out, self.names = fmt, out, names
         self.versioned = VERSION_COLUMN in names
         free = [k for k, name in enumerate(names) if name in FREE_TEXT]
         self.csv = RowWriter(out, neutralise, free) if fmt.name == "csv" else None
-        if self.csv:
+        if self.csv and header:
             self.csv.writerow(list(names))
 
-    def row(self, row: list[str]) -> None:
+    def line(self, row: list[str]) -> str:
         if self.csv:
-            self.csv.writerow(row)
-        else:
-            self.out.write(json.dumps(to_record(row, self.names), ensure_ascii=False) + "\n")
+            return self.csv.line(row)
+        return json.dumps(to_record(row, self.names), ensure_ascii=False) + "\n"
+
+    def row(self, row: list[str]) -> None:
+        self.out.write(self.line(row))
 
     def result(self, result: ImageResult, classes: tuple[str, ...] = CLASSES) -> None:
-        for row in to_rows(result, classes, self.versioned):
-            self.row(row)
+        """All of one input's records in one write: an interrupted run keeps whole inputs only."""
+        self.out.write("".join(self.line(row) for row in to_rows(result, classes, self.versioned)))
 
 
 @dataclass(frozen=True)
@@ -136,8 +142,8 @@ class OutputFormat:
     other_extensions: tuple[str, ...] = ()
 
     def writer(self, out: IO[str], classes: tuple[str, ...] = CLASSES, neutralise: bool = True,
-               versioned: bool = False) -> Writer:
-        return Writer(self, out, columns(classes, versioned), neutralise)
+               versioned: bool = False, header: bool = True) -> Writer:
+        return Writer(self, out, columns(classes, versioned), neutralise, header)
 
     def read(self, stream: Iterable[str]) -> tuple[list[str], Iterator[list[str]]]:
         """(field names, rows as text cells in that order): what this format's writer wrote, formula guard
@@ -248,10 +254,10 @@ def for_destination(dest: str, explicit: str | None = None) -> tuple[OutputForma
 
 def write(results: Iterable[ImageResult], out: IO[str], fmt: OutputFormat = CSV, classes: tuple[str, ...] = CLASSES,
           neutralise: bool = True, watch: Callable[[Iterator[ImageResult]], Iterable[ImageResult]] = iter,
-          versioned: bool = False) -> Totals:
-    """Write every result's records in `fmt` (after the header, if the format has one); returns the totals.
-    `watch` wraps the stream of written results (a progress bar)."""
-    writer = fmt.writer(out, classes, neutralise, versioned)
+          versioned: bool = False, header: bool = True) -> Totals:
+    """Write every result's records in `fmt` (after the header, if the format has one and `header`); returns the
+    totals. `watch` wraps the stream of written results (a progress bar)."""
+    writer = fmt.writer(out, classes, neutralise, versioned, header)
     totals = Totals()
 
     def written() -> Iterator[ImageResult]:
@@ -261,6 +267,21 @@ def write(results: Iterable[ImageResult], out: IO[str], fmt: OutputFormat = CSV,
     for result in watch(written()):
         totals.add(result)
     return totals
+
+
+def done_paths(path: str, fmt: OutputFormat, names: list[str]) -> Iterator[str]:
+    """The inputs an earlier, interrupted output holds, in order, each once (its rows are consecutive).
+    Refuses one written with other columns (another version, other classes)."""
+    with open(path, encoding="utf-8", newline="") as f:
+        header, rows = fmt.read(f)
+        if header and header != names:
+            raise UsageError(f"{path} was written with other columns ({','.join(header)}): cannot resume from it")
+        at = header.index("path") if header else 0
+        last = None
+        for row in rows:
+            if row[at] != last:
+                last = row[at]
+                yield last
 
 
 def text(results: Iterable[ImageResult], fmt: OutputFormat = CSV, classes: tuple[str, ...] = CLASSES,
