@@ -38,6 +38,29 @@ MIN_DETECT = 160  # small images are enlarged to at least this (shorter side) be
 # A face whose crop would come from fewer than this share of the model's input pixels (per side) in the
 # first, reduced-scale decode makes the image decode again at a finer scale.
 MIN_CROP_RESOLUTION = 1.0
+# The default smallest face: 2% of the image's shorter side, and never under MIN_FACE_PX. In 48x48 crops the
+# detector also reports 5x9 px "faces" (noise); the smallest of Solvay's 29 faces is 4.4% of its shorter side.
+MIN_FACE_FRACTION = 0.02
+MIN_FACE_PX = 16
+# YuNet finds faces down to ~10 px at its input scale; with a --min-face-size, the image is detected at the
+# scale that brings that size to DETECTABLE_PX, when that is smaller than the usual scale (fewer pixels).
+DETECTABLE_PX = 24
+
+
+@dataclass(frozen=True)
+class FaceOptions:
+    """What counts as a face: a smallest size (None: the default relative to the image), the detector's score,
+    at most so many per image (largest first)."""
+    min_size: int | None = None
+    threshold: float = 0.6
+    max_faces: int = 1000
+
+
+DEFAULT_FACE_OPTIONS = FaceOptions()
+
+
+def default_min_face(width: int, height: int) -> float:
+    return max(MIN_FACE_PX, MIN_FACE_FRACTION * min(width, height))
 
 
 @dataclass(frozen=True)
@@ -46,6 +69,7 @@ class FaceCrop:
     box: tuple[int, int, int, int]  # left, top, width, height in displayed pixels, clipped to the image
     score: float | None  # the detector's score; None when the image was scored whole
     pixels: np.ndarray  # (size, size, channels) uint8
+    landmarks: tuple[tuple[float, float], ...] | None = None  # the detector's five points, displayed pixels
 
 
 @dataclass(frozen=True)
@@ -61,7 +85,8 @@ def detection_scale(width: int, height: int) -> float:
     return min(DETECT_SIZE / max(width, height), max(1.0, MIN_DETECT / min(width, height)))
 
 
-def analyse(data: bytes | Image.Image, mode: str, detector: FaceDetector | None, size: int, channels: int) -> Analysis:
+def analyse(data: bytes | Image.Image, mode: str, detector: FaceDetector | None, size: int, channels: int,
+            options: FaceOptions = DEFAULT_FACE_OPTIONS) -> Analysis:
     """Bytes -> Analysis. ImageError (bad input) propagates: the caller turns it into the row's error.
 
     Each decode first reserves its pixels in the shared decode budget (batch_job.budget), so a folder of
@@ -77,10 +102,15 @@ def analyse(data: bytes | Image.Image, mode: str, detector: FaceDetector | None,
         return _whole(image, width, height, size, channels)
     assert detector is not None  # checked above; tells the type checker too
     scale = detection_scale(width, height)
+    if options.min_size:  # a bigger smallest face needs fewer pixels to be found: detect on a smaller image
+        scale = min(scale, max(DETECTABLE_PX / options.min_size, 32 / min(width, height)))
+    smallest = options.min_size or default_min_face(width, height)
     with DECODES.hold(decode_cost(image, min(1.0, scale))):
         gray = decode_gray(image, min(1.0, scale))
         del image
-        faces = _detect(gray, scale, detector)
+        faces = [face for face in _detect(gray, scale, detector, options.threshold)
+                 if max(face.width, face.height) >= smallest]
+        faces = sorted(faces, key=lambda face: -face.area)[:options.max_faces]
         if faces:
             smallest_crop = min(FACE_CROP_SCALE * max(face.width, face.height) for face in faces)  # full-size px
             if gray.scale >= 1 or smallest_crop * gray.scale >= MIN_CROP_RESOLUTION * size:
@@ -111,7 +141,7 @@ def _crops(gray: GrayImage, faces: list[Face], size: int, channels: int) -> tupl
     for face in faces:
         on_gray = face.scaled(gray.scale)
         pixels = crop_face(gray.image, (on_gray.left, on_gray.top, on_gray.width, on_gray.height), size, channels)
-        crops.append(FaceCrop(_clipped_box(face, width, height), face.score, pixels))
+        crops.append(FaceCrop(_clipped_box(face, width, height), face.score, pixels, face.landmarks))
     crops.sort(key=lambda crop: (-crop.box[2] * crop.box[3], crop.box[1], crop.box[0]))
     return tuple(crops)
 
@@ -125,11 +155,11 @@ def detection_input(gray: GrayImage, scale: float) -> np.ndarray:
     return np.asarray(small)
 
 
-def _detect(gray: GrayImage, scale: float, detector: FaceDetector) -> list[Face]:
+def _detect(gray: GrayImage, scale: float, detector: FaceDetector, threshold: float | None = None) -> list[Face]:
     """Faces in full-size displayed pixels."""
     pixels = detection_input(gray, scale)
     back = gray.full_size[0] / pixels.shape[1]
-    return [face.scaled(back) for face in detector.detect(pixels)]
+    return [face.scaled(back) for face in detector.detect(pixels, threshold)]
 
 
 def _clipped_box(face: Face, width: int, height: int) -> tuple[int, int, int, int]:

@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from batch_job import budget, precision
+from batch_job.analysis import FaceOptions
 from batch_job.base import ImageError, Item
 from batch_job.faces import FaceDetector, default_detector_path
 from batch_job.model import EmotionModel, default_model_path
@@ -43,13 +44,18 @@ class Scorer:
     def __init__(self, model: str | os.PathLike | None = None, faces: str | None = None,
                  batch_size: int | None = None, workers: int | None = None,
                  detector: str | os.PathLike | None = None, precision: str | None = None,
+                 min_face_size: int | None = None, threshold: float | None = None, max_faces: int | None = None,
                  settings: Settings | None = None):
         """Each argument left out comes from the environment as on the command line (FACES, PRECISION,
         MODEL_PATH, DETECTOR_PATH, DECODE_BUDGET_MB), else the default: faces 'auto', precision 'auto' (INT8
         where this CPU runs it accurately, batch_job.precision), batch size 256. A value that names nothing
-        valid raises UsageError (a ValueError) before anything loads. `settings` gives them all at once."""
+        valid raises UsageError (a ValueError) before anything loads. `settings` gives them all at once.
+        min_face_size (px, the box's longer side; default 2% of the image's shorter side, at least 16), threshold
+        (the detector's score, default 0.6) and max_faces (per image, largest first, default 1,000) say what
+        counts as a face; results carry each face's five landmarks."""
         given = {"model": model, "faces": faces, "batch_size": batch_size, "workers": workers,
-                 "detector": detector, "precision": precision}
+                 "detector": detector, "precision": precision, "min_face_size": min_face_size,
+                 "threshold": threshold, "max_faces": max_faces}
         if settings is None:
             settings = Settings.from_env(None, **given)
         elif any(value is not None for value in given.values()):
@@ -70,7 +76,12 @@ class Scorer:
         """The core every entry point uses: Items (a path to show and a way to read the bytes) in, one
         ImageResult per item out, in order, streaming."""
         return predict(items, self.model, self.settings.batch_size, workers or self.settings.workers,
-                       self.settings.faces, self.detector)
+                       self.settings.faces, self.detector, self.face_options)
+
+    @property
+    def face_options(self) -> FaceOptions:
+        s = self.settings
+        return FaceOptions(s.min_face_size, s.threshold, s.max_faces)
 
     def score(self, sources: str | os.PathLike | Iterable[str | os.PathLike]) -> Iterator[ImageResult]:
         """Files, folders (recursive) and s3:// URLs, as on the command line."""

@@ -94,7 +94,7 @@ def score(sources: list[str], dest: str, settings: Settings, progress: bool, ann
         if resume and earlier is None:
             print(f"note: no interrupted output ({dest}.partial) to resume: scoring everything", file=sys.stderr)
         if earlier:
-            names = formats.columns(scorer.classes)
+            names = formats.columns(scorer.classes, landmarks=settings.landmarks)
             resumed, items = skip_done(items or iter(()), formats.done_paths(earlier, settings.output_format, names))
             print(f"note: resuming after the {resumed} inputs in {dest}.partial", file=sys.stderr)
         total = (sum(1 for _ in listed()) - resumed) if progress else None
@@ -110,7 +110,8 @@ def score(sources: list[str], dest: str, settings: Settings, progress: bool, ann
                 results = annotator.draw_all(results)
             totals = formats.write(results, out, settings.output_format, scorer.classes, neutralise=not raw_csv,
                                    watch=lambda stream: tqdm(stream, total=total, unit="img", disable=not progress,
-                                                             file=sys.stderr), header=earlier is None)
+                                                             file=sys.stderr), header=earlier is None,
+                                   landmarks=settings.landmarks)
         if earlier:
             destination.forget_partial()
         totals.skipped = opened.stats.skipped
@@ -162,6 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="auto: find the faces, and score a small image (a face crop) whole when none is found; "
                           "detect: only the faces found; whole: each image is one face crop "
                           f"(default: $FACES or {DEFAULT_FACE_MODE})")
+    run.add_argument("--min-face-size", type=_bounded(100_000), metavar="PX",
+                     help="the smallest face to report, in pixels of the box's longer side (default: 2%% of the "
+                          "image's shorter side, at least 16); a larger one also lets the detector run on a "
+                          "smaller image, faster")
+    run.add_argument("--threshold", type=_fraction, help="the detector's score a face needs, 0-1 (default 0.6)")
+    run.add_argument("--max-faces", type=_bounded(1000), metavar="N",
+                     help="report at most N faces per image, the largest first (default 1000)")
+    run.add_argument("--landmarks", action="store_true",
+                     help="add each face's five landmarks (eyes, nose, mouth corners): ten CSV columns, or one "
+                          "nested 'landmarks' field in JSON Lines")
     run.add_argument("--annotate", metavar="DIR",
                      help="also write a copy of each image with its faces boxed and labelled into DIR")
     run.add_argument("--model", help="ONNX model (default: $MODEL_PATH or the shipped models/emotion.onnx)")
@@ -229,6 +240,16 @@ class _Version(argparse.Action):
             name = f"not loadable: {error}"
         print(f"emotion-batch {__version__} (model {name}, face detector YuNet)")
         parser.exit()
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1: {text}")
+    return value
 
 
 def _bounded(most: int):
@@ -331,7 +352,9 @@ def run_command(args: argparse.Namespace) -> int:
         if warning:
             print(f"warning: {warning}", file=sys.stderr)
         settings = Settings.from_env(faces=args.faces, precision=args.precision, output_format=fmt,
-                                     batch_size=args.batch_size, workers=args.workers, model=args.model)
+                                     batch_size=args.batch_size, workers=args.workers, model=args.model,
+                                     min_face_size=args.min_face_size, threshold=args.threshold,
+                                     max_faces=args.max_faces, landmarks=args.landmarks or None)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -154,7 +154,7 @@ class FaceDetector:
         self.threshold, self.nms_iou = threshold, nms_iou
         self._slots = threading.BoundedSemaphore(parallel or usable_cpus())
 
-    def detect(self, pixels: np.ndarray) -> list[Face]:
+    def detect(self, pixels: np.ndarray, threshold: float | None = None) -> list[Face]:
         """Faces in a uint8 gray (H, W) or RGB (H, W, 3) image, in its pixel coordinates, best score first.
 
         Boxes are as the detector drew them: a face cut by the image border may reach outside it."""
@@ -163,7 +163,8 @@ class FaceDetector:
         with self._slots:
             raw = self.session.run(self.output_names, {self.input_name: batch})
         outputs = {name: value[0] for name, value in zip(self.output_names, raw, strict=True)}
-        boxes, scores, marks = decode(outputs, batch.shape[2], batch.shape[3], self.threshold)
+        boxes, scores, marks = decode(outputs, batch.shape[2], batch.shape[3],
+                                      self.threshold if threshold is None else threshold)
         keep = non_max_suppression(boxes, scores, self.nms_iou)[:MAX_FACES]
         faces = []
         for index in keep:

@@ -40,13 +40,18 @@ OTHER_FORMATS = frozenset({".xlsx", ".xls", ".xlsm", ".ods", ".json", ".parquet"
 
 
 VERSION_COLUMN = "source_version"
+LANDMARKS = ("right_eye", "left_eye", "nose", "mouth_right", "mouth_left")  # YuNet's five, in its order
+LANDMARK_COLUMNS = [f"{point}_{axis}" for point in LANDMARKS for axis in "xy"]
 
 
-def columns(classes: tuple[str, ...] = CLASSES, versioned: bool = False) -> list[str]:
+def columns(classes: tuple[str, ...] = CLASSES, versioned: bool = False, landmarks: bool = False) -> list[str]:
     """The fields, in order. `versioned` (the cloud paths) adds source_version: which upload of the object was
-    scored, so that a consumer can drop the rows of an event delivered twice (docs/cloud.md)."""
+    scored, so that a consumer can drop the rows of an event delivered twice (docs/cloud.md). `landmarks`
+    (opt-in, --landmarks) adds the detector's five points: ten CSV columns, one nested JSON Lines field. Opt-in,
+    so the default fields stay what tables and parsers built on earlier outputs expect."""
     return ["path", "face", "left", "top", "width", "height", "face_score", "emotion", "confidence",
-            *(f"p_{name}" for name in classes), "error", *([VERSION_COLUMN] if versioned else [])]
+            *(f"p_{name}" for name in classes), *(LANDMARK_COLUMNS if landmarks else []), "error",
+            *([VERSION_COLUMN] if versioned else [])]
 
 
 COLUMNS = columns()
@@ -63,17 +68,20 @@ def restored(cell: str) -> str:
     return cell[1:] if cell.startswith(GUARD) else cell
 
 
-def to_rows(result: ImageResult, classes: tuple[str, ...] = CLASSES, versioned: bool = False) -> list[list[str]]:
+def to_rows(result: ImageResult, classes: tuple[str, ...] = CLASSES, versioned: bool = False,
+            landmarks: bool = False) -> list[list[str]]:
     """The records of one input as text cells in columns() order: one per face, or one saying why none."""
     version = [result.version] if versioned else []
+    blank_points = [""] * len(LANDMARK_COLUMNS) if landmarks else []
     if not result.faces:
         number = "" if result.failed else "0"
-        return [[result.path, number, *([""] * (len(classes) + 7)), result.error, *version]]
+        return [[result.path, number, *([""] * (len(classes) + 7)), *blank_points, result.error, *version]]
     rows = []
     for face in result.faces:
         score = "" if face.score is None else f"{face.score:.4f}"
+        points = [f"{v:.1f}" for xy in face.landmarks for v in xy] if landmarks and face.landmarks else blank_points
         rows.append([result.path, str(face.number), *map(str, face.box), score, face.emotion, f"{face.confidence:.6f}",
-                     *(f"{p:.6f}" for p in face.probabilities), "", *version])
+                     *(f"{p:.6f}" for p in face.probabilities), *points, "", *version])
     return rows
 
 
@@ -83,8 +91,18 @@ def to_record(row: list[str], names: list[str]) -> dict:
     for name, value in record.items():
         if value is not None and name in INTEGER_FIELDS:
             record[name] = int(value)
-        elif value is not None and (name in ("face_score", "confidence") or name.startswith("p_")):
+        elif value is not None and (name in ("face_score", "confidence") or name.startswith("p_")
+                                    or name in LANDMARK_COLUMNS):
             record[name] = float(value)
+    if LANDMARK_COLUMNS[0] in record:  # JSON Lines nests them: {"right_eye": [x, y], ...}, or null
+        points = {point: [record.pop(f"{point}_x"), record.pop(f"{point}_y")] for point in LANDMARKS}
+        nested = None if points["nose"][0] is None else points
+        ordered: dict = {}
+        for name, value in record.items():
+            if name == "error":
+                ordered["landmarks"] = nested
+            ordered[name] = value
+        record = ordered
     return record
 
 
@@ -116,6 +134,7 @@ class Writer:
                  header: bool = True):
         self.fmt, self.out, self.names = fmt, out, names
         self.versioned = VERSION_COLUMN in names
+        self.landmarks = LANDMARK_COLUMNS[0] in names
         free = [k for k, name in enumerate(names) if name in FREE_TEXT]
         self.csv = RowWriter(out, neutralise, free) if fmt.name == "csv" else None
         if self.csv and header:
@@ -131,7 +150,7 @@ class Writer:
 
     def result(self, result: ImageResult, classes: tuple[str, ...] = CLASSES) -> None:
         """All of one input's records in one write: an interrupted run keeps whole inputs only."""
-        self.out.write("".join(self.line(row) for row in to_rows(result, classes, self.versioned)))
+        self.out.write("".join(self.line(row) for row in to_rows(result, classes, self.versioned, self.landmarks)))
 
 
 @dataclass(frozen=True)
@@ -142,8 +161,8 @@ class OutputFormat:
     other_extensions: tuple[str, ...] = ()
 
     def writer(self, out: IO[str], classes: tuple[str, ...] = CLASSES, neutralise: bool = True,
-               versioned: bool = False, header: bool = True) -> Writer:
-        return Writer(self, out, columns(classes, versioned), neutralise, header)
+               versioned: bool = False, header: bool = True, landmarks: bool = False) -> Writer:
+        return Writer(self, out, columns(classes, versioned, landmarks), neutralise, header)
 
     def read(self, stream: Iterable[str]) -> tuple[list[str], Iterator[list[str]]]:
         """(field names, rows as text cells in that order): what this format's writer wrote, formula guard
@@ -254,10 +273,10 @@ def for_destination(dest: str, explicit: str | None = None) -> tuple[OutputForma
 
 def write(results: Iterable[ImageResult], out: IO[str], fmt: OutputFormat = CSV, classes: tuple[str, ...] = CLASSES,
           neutralise: bool = True, watch: Callable[[Iterator[ImageResult]], Iterable[ImageResult]] = iter,
-          versioned: bool = False, header: bool = True) -> Totals:
+          versioned: bool = False, header: bool = True, landmarks: bool = False) -> Totals:
     """Write every result's records in `fmt` (after the header, if the format has one and `header`); returns the
     totals. `watch` wraps the stream of written results (a progress bar)."""
-    writer = fmt.writer(out, classes, neutralise, versioned, header)
+    writer = fmt.writer(out, classes, neutralise, versioned, header, landmarks)
     totals = Totals()
 
     def written() -> Iterator[ImageResult]:

@@ -15,7 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
-from batch_job.analysis import DEFAULT_FACE_MODE, Analysis, analyse
+from batch_job.analysis import DEFAULT_FACE_MODE, DEFAULT_FACE_OPTIONS, Analysis, FaceOptions, analyse
 from batch_job.base import InputError, Item, usable_cpus  # noqa: F401 - usable_cpus: bench uses it from here
 from batch_job.budget import READS
 from batch_job.faces import FaceDetector
@@ -25,11 +25,12 @@ from batch_job.results import NO_FACE, FaceResult, ImageResult
 log = logging.getLogger(__name__)
 
 
-def _analyse(item: Item, mode: str, detector: FaceDetector | None, size: int, channels: int) -> Analysis:
+def _analyse(item: Item, mode: str, detector: FaceDetector | None, size: int, channels: int,
+             options: FaceOptions = DEFAULT_FACE_OPTIONS) -> Analysis:
     """Faces, or an error: a bad input must never stop the batch."""
     try:
         with READS.thread_scope():  # the bytes the reader reserved are gone with this frame
-            return analyse(item.read(), mode, detector, size, channels)
+            return analyse(item.read(), mode, detector, size, channels, options)
     except InputError as error:
         return Analysis(error=str(error), transient=error.transient)
     except OSError as error:
@@ -95,7 +96,7 @@ def _score_batch(batch: list[tuple[Named, Analysis]], model: EmotionModel) -> li
             results.append(ImageResult(path, error=analysis.error or NO_FACE, transient=analysis.transient,
                                        version=version))
             continue
-        faces = tuple(FaceResult(number, face.box, face.score, next(probs), model.card.classes)
+        faces = tuple(FaceResult(number, face.box, face.score, next(probs), model.card.classes, face.landmarks)
                       for number, face in enumerate(analysis.faces, start=1))
         results.append(ImageResult(path, faces, version=version))
     return results
@@ -116,7 +117,8 @@ def _face_batches(pairs: Iterable[tuple[Named, Analysis]], size: int) -> Iterato
 
 
 def predict(items: Iterable[Item], model: EmotionModel, batch_size: int = 256, workers: int | None = None,
-            faces: str = DEFAULT_FACE_MODE, detector: FaceDetector | None = None) -> Iterator[ImageResult]:
+            faces: str = DEFAULT_FACE_MODE, detector: FaceDetector | None = None,
+            options: FaceOptions = DEFAULT_FACE_OPTIONS) -> Iterator[ImageResult]:
     """One ImageResult per item, in input order.
 
     faces: 'auto', 'detect' or 'whole' (batch_job.analysis). The detector is loaded here when a mode needs
@@ -130,7 +132,7 @@ def predict(items: Iterable[Item], model: EmotionModel, batch_size: int = 256, w
     parallel = max(1, cpus // model.threads)
     workers = workers or min(32, cpus + 4)
     pairs = (((item.path, item.version), analysis) for item, analysis in  # the item (and its image) ends here
-             decoded(items, lambda item: _analyse(item, faces, detector, size, channels), workers,
+             decoded(items, lambda item: _analyse(item, faces, detector, size, channels, options), workers,
                      lookahead=(parallel + 1) * batch_size))
     pending: deque[Future] = deque()
     with ThreadPoolExecutor(max_workers=parallel) as pool:

@@ -24,6 +24,8 @@ class FaceResult:
     score: float | None  # the detector's score; None when the image was scored whole
     probabilities: np.ndarray  # one per class, in `classes` order
     classes: tuple[str, ...] = field(default=CLASSES, compare=False)
+    landmarks: tuple[tuple[float, float], ...] | None = None  # right eye, left eye, nose, right/left mouth
+
 
     @property
     def emotion(self) -> str:

@@ -25,6 +25,7 @@ PRECISIONS = ("fp32", "int8", "auto")
 MAX_BATCH_SIZE = 4096  # 4096 faces of 48x48 floats are 38 MB per call; more gains nothing
 MAX_WORKERS = 256
 MIN_BUDGET_MB = 16
+MAX_FACES = 1000  # per image: bounds the memory of one image's crops whatever the picture
 DEFAULT_BUDGET_MB = 1024
 
 
@@ -74,6 +75,10 @@ class Settings:
     model: Path | None = None  # None: the shipped emotion model
     detector: Path | None = None  # None: the shipped face detector
     decode_budget_mb: int = DEFAULT_BUDGET_MB
+    min_face_size: int | None = None  # px (longer side of the box); None: analysis.default_min_face(image)
+    threshold: float = 0.6  # the detector's score a face needs (batch_job.faces.SCORE_THRESHOLD)
+    max_faces: int = MAX_FACES  # per image, largest first
+    landmarks: bool = False  # the five landmarks in the output (ten more CSV columns; nested in JSON Lines)
 
     def __post_init__(self) -> None:
         face_mode(self.faces)
@@ -84,6 +89,12 @@ class Settings:
         if self.workers is not None:
             bounded(self.workers, "workers", MAX_WORKERS)
         budget_mb(self.decode_budget_mb, "decode_budget_mb")
+        if self.min_face_size is not None:
+            bounded(self.min_face_size, "min_face_size", 100_000)
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) \
+                or not 0 < self.threshold < 1:
+            raise UsageError(f"threshold must be a number between 0 and 1, not {self.threshold!r}")
+        bounded(self.max_faces, "max_faces", MAX_FACES)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **given: Any) -> Settings:

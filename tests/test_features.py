@@ -112,3 +112,68 @@ def test_5_resume_without_a_partial_scores_everything(many, tiny_model, tmp_path
     assert len((tmp_path / "o.csv").read_text().splitlines()) == 61
 
 
+
+
+# 1. detector controls and landmarks -------------------------------------------------------------------------
+
+def test_1_the_default_smallest_face_is_relative_to_the_image_with_a_floor():
+    from batch_job.analysis import MIN_FACE_PX, default_min_face
+
+    assert default_min_face(48, 48) == MIN_FACE_PX == 16  # a 5x9 px "face" in a crop is noise
+    assert default_min_face(3000, 2171) == pytest.approx(43.42)  # Solvay's smallest face is 96 px
+
+
+@pytest.mark.skipif(not (REPO.parent / "shared" / "photos" / "solvay_conference_1927.png").is_file(),
+                    reason="shared photos missing")
+def test_1_detector_controls_on_a_group_photo(tmp_path):
+    solvay = REPO.parent / "shared" / "photos" / "solvay_conference_1927.png"
+    scorer = api.Scorer(faces="detect", precision="fp32")
+    everyone = scorer.score_image(str(solvay))
+    assert len(everyone.faces) == 29  # the default minimum drops none of them
+    areas = sorted((f.box[2] * f.box[3] for f in everyone.faces), reverse=True)
+    largest = api.Scorer(faces="detect", precision="fp32", max_faces=3).score_image(str(solvay))
+    assert [f.box[2] * f.box[3] for f in largest.faces] == areas[:3]  # the largest, by area
+    big = api.Scorer(faces="detect", precision="fp32", min_face_size=120).score_image(str(solvay))
+    assert 0 < len(big.faces) < 29 and all(max(f.box[2:]) >= 120 for f in big.faces)
+    strict = api.Scorer(faces="detect", precision="fp32", threshold=0.95).score_image(str(solvay))
+    assert len(strict.faces) < 29 and all(f.score >= 0.95 for f in strict.faces)
+    for face in everyone.faces:  # five points inside (or at) the face's box
+        left, top, width, height = face.box
+        assert len(face.landmarks) == 5
+        assert all(left - width / 4 <= x <= left + width * 1.25 and top - height / 4 <= y <= top + height * 1.25
+                   for x, y in face.landmarks)
+    assert main(["run", str(solvay), "--faces", "detect", "--max-faces", "2", "--landmarks", "-o",
+                 str(tmp_path / "s.jsonl")]) == 0
+    import json
+
+    records = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and set(records[0]["landmarks"]) == {"right_eye", "left_eye", "nose", "mouth_right",
+                                                                    "mouth_left"}
+
+
+def test_1_landmarks_are_opt_in_columns_empty_for_whole_images(tiny_model, many, tmp_path):
+    from batch_job.formats import LANDMARK_COLUMNS, columns
+
+    assert not set(LANDMARK_COLUMNS) & set(columns())  # the default fields do not change
+    assert main(["run", str(many), "--faces", "whole", "--model", str(tiny_model), "--landmarks", "-o",
+                 str(tmp_path / "w.csv")]) == 0
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "w.csv")))
+    assert set(LANDMARK_COLUMNS) <= set(rows[0]) and all(row["nose_x"] == "" for row in rows)
+
+
+@pytest.mark.parametrize("argv", [["--threshold", "1.5"], ["--threshold", "0"], ["--max-faces", "0"],
+                                  ["--min-face-size", "-3"]])
+def test_1_bad_detector_controls_are_usage_errors(argv, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["run", str(tmp_path), *argv])
+    assert stopped.value.code == 2
+
+
+def test_1_the_api_refuses_bad_detector_controls(tiny_model):
+    from batch_job.base import UsageError
+
+    for bad in ({"threshold": 2.0}, {"max_faces": 0}, {"min_face_size": 0}):
+        with pytest.raises(UsageError):
+            api.Scorer(model=tiny_model, **bad)
