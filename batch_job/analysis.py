@@ -110,7 +110,7 @@ def analyse(data: bytes | Image.Image, mode: str, detector: FaceDetector | None,
         del image
         faces = [face for face in _detect(gray, scale, detector, options.threshold)
                  if max(face.width, face.height) >= smallest]
-        faces = sorted(faces, key=lambda face: -face.area)[:options.max_faces]
+        faces = sorted(faces, key=lambda face: _order(_clipped_box(face, width, height)))[:options.max_faces]
         if faces:
             smallest_crop = min(FACE_CROP_SCALE * max(face.width, face.height) for face in faces)  # full-size px
             if gray.scale >= 1 or smallest_crop * gray.scale >= MIN_CROP_RESOLUTION * size:
@@ -142,8 +142,13 @@ def _crops(gray: GrayImage, faces: list[Face], size: int, channels: int) -> tupl
         on_gray = face.scaled(gray.scale)
         pixels = crop_face(gray.image, (on_gray.left, on_gray.top, on_gray.width, on_gray.height), size, channels)
         crops.append(FaceCrop(_clipped_box(face, width, height), face.score, pixels, face.landmarks))
-    crops.sort(key=lambda crop: (-crop.box[2] * crop.box[3], crop.box[1], crop.box[0]))
+    crops.sort(key=lambda crop: _order(crop.box))
     return tuple(crops)
+
+
+def _order(box: tuple[int, int, int, int]) -> tuple[int, int, int]:
+    """Largest first (by the box's area in the image), then top to bottom, left to right."""
+    return -box[2] * box[3], box[1], box[0]
 
 
 def detection_input(gray: GrayImage, scale: float) -> np.ndarray:
