@@ -62,8 +62,8 @@ def skip_done(items: Iterable[Item], done: Iterable[str]) -> tuple[int, Iterator
 
 
 def score(sources: list[str], dest: str, settings: Settings, progress: bool, annotate: str | None = None,
-          shard: tuple[int, int] | None = None, raw_csv: bool = False, resume: bool = False
-          ) -> tuple[Totals, float, int]:
+          shard: tuple[int, int] | None = None, raw_csv: bool = False, resume: bool = False,
+          full_size: bool = False) -> tuple[Totals, float, int]:
     """Score every input into one output (settings.output_format); returns the totals and the seconds it took.
     The destination is checked before anything is loaded or scored. A thin user of the library API (Scorer).
     resume: start from DEST.partial, the rows an interrupted run kept (returns how many inputs it had)."""
@@ -99,9 +99,9 @@ def score(sources: list[str], dest: str, settings: Settings, progress: bool, ann
             print(f"note: resuming after the {resumed} inputs in {dest}.partial", file=sys.stderr)
         total = (sum(1 for _ in listed()) - resumed) if progress else None
         if annotate:
-            from batch_job.annotate import Annotator
+            from batch_job.annotate import MAX_SIDE, Annotator
 
-            annotator = Annotator(annotate)
+            annotator = Annotator(annotate, None if full_size else MAX_SIDE)
             items = annotator.remember(items or iter(()))
         started = time.perf_counter()
         with destination.open(resume=earlier) as out:
@@ -175,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "nested 'landmarks' field in JSON Lines")
     run.add_argument("--annotate", metavar="DIR",
                      help="also write a copy of each image with its faces boxed and labelled into DIR")
+    run.add_argument("--annotate-full-size", action="store_true",
+                     help="keep the annotated copies at the original resolution (default: at most 2048 px a side)")
     run.add_argument("--model", help="ONNX model (default: $MODEL_PATH or the shipped models/emotion.onnx)")
     run.add_argument("--precision", choices=PRECISIONS,
                      help="fp32, int8, or auto: INT8 where this CPU runs it accurately (default: $PRECISION or "
@@ -365,7 +367,7 @@ def run_command(args: argparse.Namespace) -> int:
             except OSError as error:
                 raise DestinationError(f"cannot create {os.path.dirname(output)}: {error.strerror}") from None
         totals, seconds, resumed = score(args.sources, output, settings, progress, args.annotate, args.shard,
-                                         args.raw_csv, args.resume)
+                                         args.raw_csv, args.resume, args.annotate_full_size)
     except BatchJobError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FATAL

@@ -177,3 +177,34 @@ def test_1_the_api_refuses_bad_detector_controls(tiny_model):
     for bad in ({"threshold": 2.0}, {"max_faces": 0}, {"min_face_size": 0}):
         with pytest.raises(UsageError):
             api.Scorer(model=tiny_model, **bad)
+
+
+# 3. annotations ----------------------------------------------------------------------------------------------
+
+def test_3_labels_never_cover_another_label_or_face_when_there_is_room():
+    from batch_job.annotate import _overlap, place_label
+
+    faces = [(100.0, 100.0, 160.0, 170.0), (100.0, 175.0, 160.0, 245.0), (165.0, 100.0, 225.0, 170.0)]
+    taken = list(faces)
+    for face in faces:
+        spot = place_label((70.0, 14.0), face, [t for t in taken if t is not face], (1000, 1000))
+        assert all(_overlap(spot, other) == 0 for other in taken if other is not face), (face, spot)
+        taken.append(spot)
+
+
+def test_3_boxes_show_on_dark_and_light_pictures_and_full_size_is_kept(tmp_path, tiny_model):
+    from PIL import Image
+
+    import numpy as np
+
+    from batch_job.annotate import draw
+    from batch_job.results import FaceResult, ImageResult
+
+    face = FaceResult(1, (20, 20, 60, 60), 0.9, np.array([0.1, 0.7, 0.1, 0.1]))
+    for shade in (0, 255):
+        picture = Image.new("RGB", (3000, 200), (shade, shade, shade))
+        drawn = np.asarray(draw(picture, ImageResult("x.png", (face,)), None))
+        assert drawn.shape[:2] == (200, 3000)  # max_side None: the original resolution
+        across = {tuple(int(v) for v in p) for p in drawn[14:26, 50]}  # straight through the box's top edge
+        assert (0, 0, 0) in across and (160, 160, 160) in across, (shade, across)  # dark line and neutral's grey
+    assert np.asarray(draw(Image.new("RGB", (3000, 200)), ImageResult("x", (face,)))).shape[1] == 2048
