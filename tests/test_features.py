@@ -193,9 +193,8 @@ def test_3_labels_never_cover_another_label_or_face_when_there_is_room():
 
 
 def test_3_boxes_show_on_dark_and_light_pictures_and_full_size_is_kept(tmp_path, tiny_model):
-    from PIL import Image
-
     import numpy as np
+    from PIL import Image
 
     from batch_job.annotate import draw
     from batch_job.results import FaceResult, ImageResult
