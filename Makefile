@@ -8,7 +8,7 @@ OUTPUT ?= predictions.csv
 CONFIG ?= trainer/configs/vgg_bn_aug.toml
 RUN ?= runs/vgg_bn_aug
 
-.PHONY: setup setup-deploy run test train export quantize bench validate deploy teardown clean
+.PHONY: setup setup-deploy run test train export quantize bench validate deploy teardown clean report-screenshots
 
 setup: $(VENV)/.installed setup-deploy
 
@@ -70,3 +70,15 @@ deploy: setup-deploy
 # Deletes the stack, keeps both buckets and their data (they are Retain): infra/teardown.sh says how to empty them.
 teardown: setup-deploy
 	bash infra/teardown.sh
+
+# The review report on the test images and the photos, rendered by headless Chromium at desktop and phone widths:
+# refreshes docs/images/report_desktop.png and report_phone.png (needs chromium: apt-get install chromium).
+REPORT_DIR ?= /tmp/emotion-report
+report-screenshots: $(VENV)/.runtime-installed
+	rm -rf $(REPORT_DIR) && mkdir -p $(REPORT_DIR)
+	$(PY) -m batch_job run ../shared/data/facial_emotion_images/test ../shared/photos -o $(REPORT_DIR)/predictions.csv
+	$(PY) -m batch_job report $(REPORT_DIR)/predictions.csv --images . -o $(REPORT_DIR)/report.html
+	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1200,2600 \
+	  --screenshot=docs/images/report_desktop.png file://$(REPORT_DIR)/report.html
+	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=390,2600 \
+	  --screenshot=docs/images/report_phone.png file://$(REPORT_DIR)/report.html

@@ -115,7 +115,10 @@ def score(sources: list[str], dest: str, settings: Settings, progress: bool, ann
         if earlier:
             destination.forget_partial()
         totals.skipped = opened.stats.skipped
-        return totals, time.perf_counter() - started, resumed
+        seconds = time.perf_counter() - started
+        if dest != "-" and not is_s3_url(dest) and os.path.isfile(dest):
+            write_run_record(dest, scorer, sources, f"{totals} in {seconds:.1f} s")
+        return totals, seconds, resumed
     finally:
         destination.close()
 
@@ -144,6 +147,32 @@ class Parser(argparse.ArgumentParser):
                 message += f" (did you mean {close[0]}?)"
                 break
         super().error(message)
+
+
+def write_run_record(dest: str, scorer, sources: list[str], summary: str) -> None:
+    """DEST.run.json: which model, precision and settings wrote DEST, for the report's header and for anyone
+    who finds the file later. Best effort: a record that cannot be written costs nothing else."""
+    import json
+    from datetime import UTC, datetime
+
+    from batch_job import __version__
+    from batch_job.report import RUN_RECORD
+
+    card = scorer.model.card.properties
+    settings = scorer.settings
+    record = {"version": __version__, "sources": sources, "summary": summary,
+              "finished": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+              "faces": settings.faces, "output_format": settings.output_format.name,
+              "model": {"name": card.get("model_name", "unnamed"), "file": scorer.model.path.name,
+                        "precision": "int8" if scorer.model.path.name.endswith(".int8.onnx") else "fp32",
+                        "graph_sha256": card.get("graph_sha256", "")},
+              "detector": {"min_face_size": settings.min_face_size, "threshold": settings.threshold,
+                           "max_faces": settings.max_faces}}
+    try:
+        with open(dest + RUN_RECORD, "w", encoding="utf-8") as f:
+            json.dump(record, f, indent=2)
+    except OSError as error:
+        print(f"warning: cannot write {dest}{RUN_RECORD}: {error.strerror or error}", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -310,7 +310,11 @@ def parse_report(text: str) -> dict:
         def handle_starttag(self, tag, attrs):
             attrs = dict(attrs)
             stack.append((tag, attrs))
-            found["thumbnails"] += tag == "img" and attrs.get("src", "").startswith("data:image/jpeg;base64,")
+            in_gallery = any(attrs.get("class") == "face" for _, attrs in stack[:-1])
+            found["thumbnails"] += (tag == "img" and in_gallery
+                                    and attrs.get("src", "").startswith("data:image/jpeg;base64,"))
+            found["views"] = found.get("views", 0) + (tag == "img" and any(
+                attrs.get("class") == "view" for _, attrs in stack[:-1]))
             found["scripts"] += tag == "script"
             if tag == "img":
                 stack.pop()  # a void element
@@ -321,7 +325,7 @@ def parse_report(text: str) -> dict:
 
         def handle_data(self, data):
             ids = [attrs.get("id") for _, attrs in stack if attrs.get("id")]
-            if stack and stack[-1][0] == "b" and ids:
+            if stack and stack[-1][0] == "b" and ids and ids[-1] in ("images", "faces", "no_face", "errors"):
                 found["totals"][ids[-1]] = int(data)
             if stack and stack[-1][0] == "td" and "per-emotion" in ids:
                 found["cells"].append(data)
@@ -353,7 +357,7 @@ def test_html_report_counts_match_the_csv_and_shows_thumbnails(tmp_path, tiny_mo
     assert page["totals"] == {"images": 3, "faces": 2, "no_face": 1, "errors": 1}
     assert page["per_emotion"] == {c: sum(row["emotion"] == c for row in faces) for c in CLASSES}
     assert page["thumbnails"] == 2 and page["scripts"] == 0
-    assert "<img src=x" not in text and "&lt;img src=x onerror=alert(1)&gt;.png" in text  # escaped
+    assert "<img src=x" not in text and "&lt;img src=x onerror=alert(1)&gt;.<wbr>png" in text  # escaped
     assert "http://" not in text.replace('xmlns="http://www.w3.org/2000/svg"', "")  # self-contained
 
 

@@ -207,3 +207,46 @@ def test_3_boxes_show_on_dark_and_light_pictures_and_full_size_is_kept(tmp_path,
         across = {tuple(int(v) for v in p) for p in drawn[14:26, 50]}  # straight through the box's top edge
         assert (0, 0, 0) in across and (160, 160, 160) in across, (shade, across)  # dark line and neutral's grey
     assert np.asarray(draw(Image.new("RGB", (3000, 200)), ImageResult("x", (face,)))).shape[1] == 2048
+
+
+# 2. the report as a review tool --------------------------------------------------------------------------------
+
+def test_2_the_report_has_the_runs_header_histograms_labels_and_image_views(tmp_path, tiny_model):
+    import json
+    import re
+
+    from batch_job.report import BINS
+    from tests.test_faces import parse_report
+
+    data = tmp_path / "data"
+    for i, label in enumerate(["happy", "happy", "sad", "neutral", "surprise", "sad"]):
+        (data / label).mkdir(parents=True, exist_ok=True)
+        face_like(i, size=96).save(data / label / f"a_very_long_file_name_{i}.png")
+    out, page_path = tmp_path / "out.csv", tmp_path / "report.html"
+    assert main(["run", str(data), "--faces", "whole", "--model", str(tiny_model), "-o", str(out)]) == 0
+    record = json.loads(Path(str(out) + ".run.json").read_text())
+    assert record["faces"] == "whole" and record["model"]["graph_sha256"] and record["summary"].startswith("6 images")
+    assert main(["report", str(out), "--images", str(data), "-o", str(page_path)]) == 0
+    text = page_path.read_text()
+    page = parse_report(text)
+    assert page["totals"] == {"images": 6, "faces": 6, "no_face": 0, "errors": 0} and page["scripts"] == 0
+    header = re.search(r"<header>.*?</header>", text).group(0)
+    assert record["model"]["name"] in header and record["model"]["graph_sha256"][:12] in header
+    assert "faces <b>whole</b>" in header and "6 images, 6 faces" in header
+    hists = re.findall(r'<figure class=hist>.*?</figure>', text)
+    assert len(hists) == 4 and all(h.count("<rect") == BINS for h in hists)
+    rows = list(__import__("csv").DictReader(open(out)))
+    right = sum(row["emotion"] == Path(row["path"]).parent.name for row in rows)
+    assert f"accuracy <b>{right / 6:.1%}</b> on 6 labelled images" in text and "id=confusion" in text
+    assert page["views"] == 6 and text.count("<table class=probs>") == 6
+    assert "a_<wbr>very_<wbr>long_<wbr>file_<wbr>name_<wbr>0.<wbr>png" in text  # wraps between words only
+    assert "http://" not in text.replace('xmlns="http://www.w3.org/2000/svg"', "")  # one self-contained file
+
+
+def test_2_a_report_without_labels_or_run_record_says_so(tmp_path, tiny_model, many):
+    out = tmp_path / "o.csv"
+    assert main(["run", str(many), "--faces", "whole", "--model", str(tiny_model), "-o", str(out)]) == 0
+    Path(str(out) + ".run.json").unlink()
+    assert main(["report", str(out), "-o", str(tmp_path / "r.html")]) == 0
+    text = (tmp_path / "r.html").read_text()
+    assert "no run record" in text and "id=confusion" not in text

@@ -81,7 +81,8 @@ def test_1_report_thumbnails_release_their_reads(tmp_path, tiny_model):
     before = READS.used
     build_report(str(tmp_path / "out.csv"), str(tmp_path / "r.html"), str(photos))
     assert READS.used == before == 0
-    assert (tmp_path / "r.html").read_text().count("data:image/jpeg") == 3
+    page = (tmp_path / "r.html").read_text()
+    assert page.count("<div class=face><img") == 3 and page.count("class=view") == 3  # thumbnails and views
 
 
 # 2. one bad item ends an API stream; odd arrays scored as faces ------------------------------------------------
