@@ -63,6 +63,9 @@ class Scorer:
         self.settings = settings
         budget.configure(settings.decode_budget_mb)
         self.model, self.detector = load_models(settings)
+        from batch_job.video import VideoStats
+
+        self.video_stats = VideoStats()  # videos skipped (no decoder) and scored, over this Scorer's life
 
     @property
     def faces(self) -> str:
@@ -75,8 +78,10 @@ class Scorer:
     def score_items(self, items: Iterable[Item], workers: int | None = None) -> Iterator[ImageResult]:
         """The core every entry point uses: Items (a path to show and a way to read the bytes) in, one
         ImageResult per item out, in order, streaming."""
-        return predict(items, self.model, self.settings.batch_size, workers or self.settings.workers,
-                       self.settings.faces, self.detector, self.face_options)
+        from batch_job.video import expand
+
+        return predict(expand(items, self.settings.fps, self.video_stats), self.model, self.settings.batch_size,
+                       workers or self.settings.workers, self.settings.faces, self.detector, self.face_options)
 
     @property
     def face_options(self) -> FaceOptions:

@@ -19,11 +19,21 @@ from typing import Any
 S3_SCHEME = "s3://"
 MAX_KEY_BYTES = 1024  # S3's limit on an object key
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
+VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".m4v", ".mkv", ".avi", ".webm"})
 
 
 def is_image_path(path: str | os.PathLike) -> bool:
     """Whether a file found while walking a folder (or listing a prefix) counts as an image to score."""
     return os.path.splitext(os.fspath(path))[1].lower() in IMAGE_EXTENSIONS
+
+
+def is_video_path(path: str | os.PathLike) -> bool:
+    return os.path.splitext(os.fspath(path))[1].lower() in VIDEO_EXTENSIONS
+
+
+def is_input_path(path: str | os.PathLike) -> bool:
+    """An image or a video: what a walk or a listing hands on (videos become frames, batch_job.video)."""
+    return is_image_path(path) or is_video_path(path)
 
 
 def usable_cpus() -> int:
@@ -96,3 +106,6 @@ class Item:
     read: Callable[[], Any]  # the bytes (from the library API, possibly an image already in memory)
     held: int = 0  # bytes this item already holds in memory before it is read (an array given to the API)
     version: str = ""  # which upload of an S3 object this is (ETag, version id, event sequencer), if known
+    local: str | None = None  # the file on this machine, when there is one (videos are decoded from it)
+    frame: int | None = None  # a video's frame: its index in the video
+    time_s: float | None = None  # and its time, in seconds

@@ -88,7 +88,12 @@ def score(sources: list[str], dest: str, settings: Settings, progress: bool, ann
 
         items = non_empty(listed())
         if items is None and not shard:  # an empty shard still writes its (header-only) part
-            raise FatalError(f"no image files found in {' '.join(sources)}")
+            raise FatalError(f"no image or video files found in {' '.join(sources)}")
+        from batch_job.base import is_video_path
+
+        video = any(is_video_path(item.path.rstrip('"')) for item in listed())  # frame and time_s columns
+        if resume and video:
+            raise UsageError("--resume does not take runs with videos yet: run them again without it")
         earlier = destination.partial() if resume else None
         resumed = 0
         if resume and earlier is None:
@@ -97,7 +102,7 @@ def score(sources: list[str], dest: str, settings: Settings, progress: bool, ann
             names = formats.columns(scorer.classes, landmarks=settings.landmarks)
             resumed, items = skip_done(items or iter(()), formats.done_paths(earlier, settings.output_format, names))
             print(f"note: resuming after the {resumed} inputs in {dest}.partial", file=sys.stderr)
-        total = (sum(1 for _ in listed()) - resumed) if progress else None
+        total = (sum(1 for _ in listed()) - resumed) if progress and not video else None
         if annotate:
             from batch_job.annotate import MAX_SIDE, Annotator
 
@@ -111,10 +116,11 @@ def score(sources: list[str], dest: str, settings: Settings, progress: bool, ann
             totals = formats.write(results, out, settings.output_format, scorer.classes, neutralise=not raw_csv,
                                    watch=lambda stream: tqdm(stream, total=total, unit="img", disable=not progress,
                                                              file=sys.stderr), header=earlier is None,
-                                   landmarks=settings.landmarks)
+                                   landmarks=settings.landmarks, video=video)
         if earlier:
             destination.forget_partial()
         totals.skipped = opened.stats.skipped
+        totals.skipped_videos = scorer.video_stats.skipped
         seconds = time.perf_counter() - started
         if dest != "-" and not is_s3_url(dest) and os.path.isfile(dest):
             write_run_record(dest, scorer, sources, f"{totals} in {seconds:.1f} s")
@@ -199,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--threshold", type=_fraction, help="the detector's score a face needs, 0-1 (default 0.6)")
     run.add_argument("--max-faces", type=_bounded(1000), metavar="N",
                      help="report at most N faces per image, the largest first (default 1000)")
+    run.add_argument("--fps", type=_positive_float,
+                     help="frames sampled a second from videos (.mp4 .mov .m4v .mkv .avi .webm; default 1): one row "
+                          "per face per frame, with frame and time_s columns (needs the video extra: pip install "
+                          "'emotion-batch-scoring[video]')")
     run.add_argument("--landmarks", action="store_true",
                      help="add each face's five landmarks (eyes, nose, mouth corners): ten CSV columns, or one "
                           "nested 'landmarks' field in JSON Lines")
@@ -271,6 +281,16 @@ class _Version(argparse.Action):
             name = f"not loadable: {error}"
         print(f"emotion-batch {__version__} (model {name}, face detector YuNet)")
         parser.exit()
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value <= 60:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 60: {text}")
+    return value
 
 
 def _fraction(text: str) -> float:
@@ -385,7 +405,7 @@ def run_command(args: argparse.Namespace) -> int:
         settings = Settings.from_env(faces=args.faces, precision=args.precision, output_format=fmt,
                                      batch_size=args.batch_size, workers=args.workers, model=args.model,
                                      min_face_size=args.min_face_size, threshold=args.threshold,
-                                     max_faces=args.max_faces, landmarks=args.landmarks or None)
+                                     max_faces=args.max_faces, landmarks=args.landmarks or None, fps=args.fps)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -33,7 +33,7 @@ from batch_job.results import CLASSES, ImageResult, Totals
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # OWASP "CSV Injection": what spreadsheets take as formulas
 GUARD = "'"
 FREE_TEXT = ("path", "error", "source_version")  # the cells that hold text from outside (names, messages)
-INTEGER_FIELDS = ("face", "left", "top", "width", "height")
+INTEGER_FIELDS = ("face", "left", "top", "width", "height", "frame")
 # Extensions of formats we do not write: an output named so would be a lie, so it is refused.
 OTHER_FORMATS = frozenset({".xlsx", ".xls", ".xlsm", ".ods", ".json", ".parquet", ".tsv", ".txt", ".html",
                            ".htm", ".xml", ".avro", ".orc", ".feather", ".pdf", ".gz", ".zip"})
@@ -44,12 +44,17 @@ LANDMARKS = ("right_eye", "left_eye", "nose", "mouth_right", "mouth_left")  # Yu
 LANDMARK_COLUMNS = [f"{point}_{axis}" for point in LANDMARKS for axis in "xy"]
 
 
-def columns(classes: tuple[str, ...] = CLASSES, versioned: bool = False, landmarks: bool = False) -> list[str]:
+VIDEO_COLUMNS = ["frame", "time_s"]
+
+
+def columns(classes: tuple[str, ...] = CLASSES, versioned: bool = False, landmarks: bool = False,
+            video: bool = False) -> list[str]:
     """The fields, in order. `versioned` (the cloud paths) adds source_version: which upload of the object was
     scored, so that a consumer can drop the rows of an event delivered twice (docs/cloud.md). `landmarks`
     (opt-in, --landmarks) adds the detector's five points: ten CSV columns, one nested JSON Lines field. Opt-in,
-    so the default fields stay what tables and parsers built on earlier outputs expect."""
-    return ["path", "face", "left", "top", "width", "height", "face_score", "emotion", "confidence",
+    so the default fields stay what tables and parsers built on earlier outputs expect. `video` (a run with
+    videos) adds frame and time_s after path; an image's are empty."""
+    return ["path", *(VIDEO_COLUMNS if video else []), "face", "left", "top", "width", "height", "face_score", "emotion", "confidence",
             *(f"p_{name}" for name in classes), *(LANDMARK_COLUMNS if landmarks else []), "error",
             *([VERSION_COLUMN] if versioned else [])]
 
@@ -69,8 +74,16 @@ def restored(cell: str) -> str:
 
 
 def to_rows(result: ImageResult, classes: tuple[str, ...] = CLASSES, versioned: bool = False,
-            landmarks: bool = False) -> list[list[str]]:
+            landmarks: bool = False, video: bool = False) -> list[list[str]]:
     """The records of one input as text cells in columns() order: one per face, or one saying why none."""
+    rows = _rows(result, classes, versioned, landmarks)
+    if video:
+        when = ["" if result.frame is None else str(result.frame), "" if result.time_s is None else f"{result.time_s:.3f}"]
+        rows = [[row[0], *when, *row[1:]] for row in rows]
+    return rows
+
+
+def _rows(result: ImageResult, classes: tuple[str, ...], versioned: bool, landmarks: bool) -> list[list[str]]:
     version = [result.version] if versioned else []
     blank_points = [""] * len(LANDMARK_COLUMNS) if landmarks else []
     if not result.faces:
@@ -91,7 +104,7 @@ def to_record(row: list[str], names: list[str]) -> dict:
     for name, value in record.items():
         if value is not None and name in INTEGER_FIELDS:
             record[name] = int(value)
-        elif value is not None and (name in ("face_score", "confidence") or name.startswith("p_")
+        elif value is not None and (name in ("face_score", "confidence", "time_s") or name.startswith("p_")
                                     or name in LANDMARK_COLUMNS):
             record[name] = float(value)
     if LANDMARK_COLUMNS[0] in record:  # JSON Lines nests them: {"right_eye": [x, y], ...}, or null
@@ -135,6 +148,7 @@ class Writer:
         self.fmt, self.out, self.names = fmt, out, names
         self.versioned = VERSION_COLUMN in names
         self.landmarks = LANDMARK_COLUMNS[0] in names
+        self.video = VIDEO_COLUMNS[0] in names
         free = [k for k, name in enumerate(names) if name in FREE_TEXT]
         self.csv = RowWriter(out, neutralise, free) if fmt.name == "csv" else None
         if self.csv and header:
@@ -150,7 +164,8 @@ class Writer:
 
     def result(self, result: ImageResult, classes: tuple[str, ...] = CLASSES) -> None:
         """All of one input's records in one write: an interrupted run keeps whole inputs only."""
-        self.out.write("".join(self.line(row) for row in to_rows(result, classes, self.versioned, self.landmarks)))
+        rows = to_rows(result, classes, self.versioned, self.landmarks, self.video)
+        self.out.write("".join(self.line(row) for row in rows))
 
 
 @dataclass(frozen=True)
@@ -161,8 +176,8 @@ class OutputFormat:
     other_extensions: tuple[str, ...] = ()
 
     def writer(self, out: IO[str], classes: tuple[str, ...] = CLASSES, neutralise: bool = True,
-               versioned: bool = False, header: bool = True, landmarks: bool = False) -> Writer:
-        return Writer(self, out, columns(classes, versioned, landmarks), neutralise, header)
+               versioned: bool = False, header: bool = True, landmarks: bool = False, video: bool = False) -> Writer:
+        return Writer(self, out, columns(classes, versioned, landmarks, video), neutralise, header)
 
     def read(self, stream: Iterable[str]) -> tuple[list[str], Iterator[list[str]]]:
         """(field names, rows as text cells in that order): what this format's writer wrote, formula guard
@@ -273,10 +288,10 @@ def for_destination(dest: str, explicit: str | None = None) -> tuple[OutputForma
 
 def write(results: Iterable[ImageResult], out: IO[str], fmt: OutputFormat = CSV, classes: tuple[str, ...] = CLASSES,
           neutralise: bool = True, watch: Callable[[Iterator[ImageResult]], Iterable[ImageResult]] = iter,
-          versioned: bool = False, header: bool = True, landmarks: bool = False) -> Totals:
+          versioned: bool = False, header: bool = True, landmarks: bool = False, video: bool = False) -> Totals:
     """Write every result's records in `fmt` (after the header, if the format has one and `header`); returns the
     totals. `watch` wraps the stream of written results (a progress bar)."""
-    writer = fmt.writer(out, classes, neutralise, versioned, header, landmarks)
+    writer = fmt.writer(out, classes, neutralise, versioned, header, landmarks, video)
     totals = Totals()
 
     def written() -> Iterator[ImageResult]:

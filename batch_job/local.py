@@ -18,7 +18,7 @@ import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from batch_job.base import Item, ReadError, is_image_path
+from batch_job.base import Item, ReadError, is_input_path
 from batch_job.budget import READS
 
 MAX_INPUT_BYTES = 64 * 1024 * 1024  # far beyond any photo of faces; larger files get an error row
@@ -123,7 +123,7 @@ def _walk(folder: str, visited: set[tuple[int, int]], stats: WalkStats) -> Itera
             is_folder = False
         if is_folder:
             folders.append(entry.path)
-        elif is_image_path(entry.name):
+        elif is_input_path(entry.name):
             yield entry.path, None
         else:
             stats.skipped += 1
@@ -153,10 +153,10 @@ def local_items(source: str, prefix_with_source: bool = False, stats: WalkStats 
     if not exists:
         raise SourceError(f"no such file or folder: {display_name(source)}")
     if not is_folder:
-        yield Item(display_name(source), lambda: read_file(source))
+        yield Item(display_name(source), lambda: read_file(source), local=source)
         return
     root = source.rstrip("/") or "/"
     for path, problem in walk(source, stats):
         relative = path[len(root):].lstrip("/") if path.startswith(root) else path
         shown = display_name(f"{root}/{relative}" if prefix_with_source else relative or path)
-        yield Item(shown, _failing(problem) if problem else _reader(path))
+        yield Item(shown, _failing(problem) if problem else _reader(path), local=None if problem else path)

@@ -83,7 +83,7 @@ def _decode_all(decode: Callable[[Item], Analysis], group: list[Item]) -> list[A
     return [decode(item) for item in group]
 
 
-Named = tuple[str, str]  # (path, version) of an input
+Named = tuple[str, str, int | None, float | None]  # (path, version, frame, time_s) of an input
 
 
 def _score_batch(batch: list[tuple[Named, Analysis]], model: EmotionModel) -> list[ImageResult]:
@@ -91,14 +91,14 @@ def _score_batch(batch: list[tuple[Named, Analysis]], model: EmotionModel) -> li
     crops = [face.pixels for _, analysis in batch for face in analysis.faces]
     probs = iter(model.predict(np.stack(crops))) if crops else iter(())
     results = []
-    for (path, version), analysis in batch:
+    for (path, version, frame, time_s), analysis in batch:
         if analysis.error or not analysis.faces:
             results.append(ImageResult(path, error=analysis.error or NO_FACE, transient=analysis.transient,
-                                       version=version))
+                                       version=version, frame=frame, time_s=time_s))
             continue
         faces = tuple(FaceResult(number, face.box, face.score, next(probs), model.card.classes, face.landmarks)
                       for number, face in enumerate(analysis.faces, start=1))
-        results.append(ImageResult(path, faces, version=version))
+        results.append(ImageResult(path, faces, version=version, frame=frame, time_s=time_s))
     return results
 
 
@@ -131,7 +131,7 @@ def predict(items: Iterable[Item], model: EmotionModel, batch_size: int = 256, w
     cpus = usable_cpus()
     parallel = max(1, cpus // model.threads)
     workers = workers or min(32, cpus + 4)
-    pairs = (((item.path, item.version), analysis) for item, analysis in  # the item (and its image) ends here
+    pairs = (((item.path, item.version, item.frame, item.time_s), analysis) for item, analysis in  # item ends here
              decoded(items, lambda item: _analyse(item, faces, detector, size, channels, options), workers,
                      lookahead=(parallel + 1) * batch_size))
     pending: deque[Future] = deque()

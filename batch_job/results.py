@@ -48,6 +48,8 @@ class ImageResult:
     error: str = ""  # why it could not be scored ('' when it was, NO_FACE when it holds no face)
     transient: bool = False  # the failure may pass on a retry (S3 throttling, 5xx)
     version: str = ""  # which upload of the object was scored (ETag, version id or event sequencer), if known
+    frame: int | None = None  # a video's frame (its index) and time in seconds; None for images
+    time_s: float | None = None
 
     @property
     def failed(self) -> bool:
@@ -63,6 +65,7 @@ class Totals:
     no_face: int = 0
     errors: int = 0
     skipped: int = 0  # files left out because their names are not image names
+    skipped_videos: int = 0  # videos left out: no video decoder installed (the video extra)
 
     @classmethod
     def of(cls, results: Iterable[ImageResult]) -> Totals:
@@ -83,9 +86,12 @@ class Totals:
         return self.faces + self.no_face + self.errors
 
     def __str__(self) -> str:
-        return ", ".join((counted(self.images, "image"), counted(self.faces, "face"),
-                          f"{self.no_face} without a face", counted(self.errors, "error"),
-                          f"{self.skipped} skipped (not images)"))
+        parts = [counted(self.images, "image"), counted(self.faces, "face"), f"{self.no_face} without a face",
+                 counted(self.errors, "error"), f"{self.skipped} skipped (not images)"]
+        if self.skipped_videos:
+            parts.append(f"{counted(self.skipped_videos, 'video')} skipped (pip install "
+                         "'emotion-batch-scoring[video]' to score videos)")
+        return ", ".join(parts)
 
 
 def counted(n: int, noun: str) -> str:

@@ -18,7 +18,7 @@ from batch_job.base import (  # noqa: F401
     Item,
     ReadError,
     SourceError,
-    is_image_path,
+    is_input_path,
     is_s3_url,
 )
 from batch_job.budget import READS
@@ -156,7 +156,7 @@ def list_keys(bucket: str, prefix: str, stats: WalkStats | None = None) -> Itera
         for page in pages:
             for entry in page.get("Contents", ()):
                 key = entry["Key"]
-                if not key.endswith("/") and is_image_path(key):
+                if not key.endswith("/") and is_input_path(key):
                     yield key
                 elif not key.endswith("/") and stats is not None:
                     stats.skipped += 1
@@ -174,7 +174,7 @@ def s3_items(url: str, full_url: bool = False, stats: WalkStats | None = None) -
         bucket, key = parse_url(url)
     except ValueError as error:
         raise SourceError(str(error)) from None
-    if key and not key.endswith("/") and is_image_path(key):
+    if key and not key.endswith("/") and is_input_path(key):
         _check_object(bucket, key)
         keys: Iterator[str] = iter([key])
     else:

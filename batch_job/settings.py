@@ -79,6 +79,7 @@ class Settings:
     threshold: float = 0.6  # the detector's score a face needs (batch_job.faces.SCORE_THRESHOLD)
     max_faces: int = MAX_FACES  # per image, largest first
     landmarks: bool = False  # the five landmarks in the output (ten more CSV columns; nested in JSON Lines)
+    fps: float = 1.0  # frames sampled a second from videos (batch_job.video)
 
     def __post_init__(self) -> None:
         face_mode(self.faces)
@@ -95,6 +96,8 @@ class Settings:
                 or not 0 < self.threshold < 1:
             raise UsageError(f"threshold must be a number between 0 and 1, not {self.threshold!r}")
         bounded(self.max_faces, "max_faces", MAX_FACES)
+        if isinstance(self.fps, bool) or not isinstance(self.fps, (int, float)) or not 0 < self.fps <= 60:
+            raise UsageError(f"fps must be a number above 0, at most 60, not {self.fps!r}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **given: Any) -> Settings:

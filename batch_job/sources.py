@@ -11,13 +11,13 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from batch_job.base import S3_SCHEME, Item, SourceError, is_image_path, is_s3_url  # noqa: F401 - Item, SourceError re-exported
+from batch_job.base import S3_SCHEME, Item, SourceError, is_input_path, is_s3_url  # noqa: F401 - Item, SourceError re-exported
 from batch_job.local import WalkStats, local_items
 
 
 def _is_single_s3_object(url: str) -> bool:
     key = url[len(S3_SCHEME):].partition("/")[2]
-    return bool(key) and not key.endswith("/") and is_image_path(key)
+    return bool(key) and not key.endswith("/") and is_input_path(key)
 
 
 def _covers(outer: str, inner: str) -> bool:

@@ -104,7 +104,7 @@ def test_stdout_output(image_folder, tiny_model):
 @pytest.mark.parametrize("args, code, words", [
     (["run", "{folder}", "--model", "/nonexistent/model.onnx"], 1, "model file not found"),
     (["run", "/nonexistent/folder", "--model", "{model}"], 1, "no such file or folder"),
-    (["run", "{empty}", "--model", "{model}", "-o", "{out}"], 1, "no image files found"),
+    (["run", "{empty}", "--model", "{model}", "-o", "{out}"], 1, "no image or video files found"),
     (["run", "{folder}", "--model", "{model}", "-o", "/nonexistent/dir/out.csv"], 1, "output folder does not exist"),
     (["run", "{folder}", "--batch-size", "0"], 2, "must be at least 1"),
     (["run"], 2, "SOURCE"),

@@ -250,3 +250,61 @@ def test_2_a_report_without_labels_or_run_record_says_so(tmp_path, tiny_model, m
     assert main(["report", str(out), "-o", str(tmp_path / "r.html")]) == 0
     text = (tmp_path / "r.html").read_text()
     assert "no run record" in text and "id=confusion" not in text
+
+
+# 4. video ----------------------------------------------------------------------------------------------------
+
+def make_clip(path: Path, seconds: float = 3.5, rate: int = 10, side: int = 96) -> Path:
+    """A short MPEG-4 clip made here (no fixture files): `rate` frames a second of random faces."""
+    av = pytest.importorskip("av")
+    container = av.open(str(path), mode="w")
+    stream = container.add_stream("mpeg4", rate=rate)
+    stream.width, stream.height, stream.pix_fmt = side, side, "yuv420p"
+    for i in range(round(seconds * rate)):
+        for packet in stream.encode(av.VideoFrame.from_image(face_like(i % 7, size=side).convert("RGB"))):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    return path
+
+
+def test_4_a_video_is_scored_frame_by_frame_at_the_fps_asked(tmp_path, tiny_model):
+    import csv
+
+    clip = make_clip(tmp_path / "clip.mp4")
+    out = tmp_path / "v.csv"
+    assert main(["run", str(clip), "--model", str(tiny_model), "-o", str(out)]) == 0
+    rows = list(csv.DictReader(open(out)))
+    assert [(int(r["frame"]), float(r["time_s"])) for r in rows] == [(0, 0.0), (10, 1.0), (20, 2.0), (30, 3.0)]
+    assert all(r["emotion"] for r in rows) and list(rows[0])[:3] == ["path", "frame", "time_s"]
+    assert main(["run", str(clip), "--model", str(tiny_model), "--fps", "2", "-o", str(out)]) == 0
+    assert len(list(csv.DictReader(open(out)))) == 7  # 0, 0.5, ... 3.0 s
+
+
+def test_4_videos_in_a_folder_beside_images_and_a_broken_video_is_an_error_row(tmp_path, tiny_model, capsys):
+    import csv
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    make_clip(folder / "b.mp4", seconds=1.0)
+    face_like(1).save(folder / "a.png")
+    (folder / "c.mov").write_bytes(b"not a video at all")
+    out = tmp_path / "m.jsonl"
+    assert main(["run", str(folder), "--model", str(tiny_model), "-o", str(out)]) == 3
+    import json
+
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["path"], r["frame"]) for r in records] == [("a.png", None), ("b.mp4", 0), ("c.mov", None)]
+    assert "cannot decode video" in records[2]["error"]
+    del csv
+
+
+def test_4_without_the_video_extra_videos_are_skipped_and_counted(tmp_path, tiny_model, monkeypatch, capsys):
+    from batch_job import video
+
+    clip = make_clip(tmp_path / "clip.mp4", seconds=1.0)
+    monkeypatch.setattr(video, "available", lambda: False)
+    assert main(["run", str(clip), "--model", str(tiny_model), "-o", str(tmp_path / "o.csv")]) == 0
+    err = capsys.readouterr().err
+    assert "1 video skipped" in err and "emotion-batch-scoring[video]" in err and "no image" not in err

@@ -137,7 +137,7 @@ def test_cli_empty_prefix_is_fatal_and_writes_nothing(moto_server, buckets, tiny
     client, bucket_in, bucket_out = buckets
     result = run_cli(moto_server, f"s3://{bucket_in}/nothing/", "-o", f"s3://{bucket_out}/r.csv",
                      "--model", str(tiny_model))
-    assert result.returncode == 1 and "no image files" in result.stderr
+    assert result.returncode == 1 and "no image or video files" in result.stderr
     assert all_keys(client, bucket_out) == []
 
 
