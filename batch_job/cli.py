@@ -83,15 +83,18 @@ def score(sources: list[str], dest: str, settings: Settings, progress: bool, ann
             settings = settings.replace(workers=S3_WORKERS)  # S3 fetches wait on the network: more threads
         scorer = Scorer(settings=settings)
 
-        def listed():
-            return in_shard(opened.items(), *shard) if shard else opened.items()
+        def listed(counting: bool = True):
+            """The inputs; a second look (counting=False: for the progress total, the video check) walks a fresh
+            listing, so what it skips is not counted twice."""
+            source = opened if counting else open_sources(opened.kept)
+            return in_shard(source.items(), *shard) if shard else source.items()
 
         items = non_empty(listed())
         if items is None and not shard:  # an empty shard still writes its (header-only) part
             raise FatalError(f"no image or video files found in {' '.join(sources)}")
         from batch_job.base import is_video_path
 
-        video = any(is_video_path(item.path.rstrip('"')) for item in listed())  # frame and time_s columns
+        video = any(is_video_path(item.path.rstrip('"')) for item in listed(False))  # frame and time_s columns
         if resume and video:
             raise UsageError("--resume does not take runs with videos yet: run them again without it")
         earlier = destination.partial() if resume else None
@@ -102,7 +105,7 @@ def score(sources: list[str], dest: str, settings: Settings, progress: bool, ann
             names = formats.columns(scorer.classes, landmarks=settings.landmarks)
             resumed, items = skip_done(items or iter(()), formats.done_paths(earlier, settings.output_format, names))
             print(f"note: resuming after the {resumed} inputs in {dest}.partial", file=sys.stderr)
-        total = (sum(1 for _ in listed()) - resumed) if progress and not video else None
+        total = (sum(1 for _ in listed(False)) - resumed) if progress and not video else None
         if annotate:
             from batch_job.annotate import MAX_SIDE, Annotator
 
@@ -122,7 +125,7 @@ def score(sources: list[str], dest: str, settings: Settings, progress: bool, ann
         totals.skipped = opened.stats.skipped
         totals.skipped_videos = scorer.video_stats.skipped
         seconds = time.perf_counter() - started
-        if dest != "-" and not is_s3_url(dest) and os.path.isfile(dest):
+        if dest != "-" and not is_s3_url(dest) and os.path.isfile(dest) and not shard:  # parts/ is Athena's alone
             write_run_record(dest, scorer, sources, f"{totals} in {seconds:.1f} s")
         return totals, seconds, resumed
     finally:
@@ -466,6 +469,7 @@ def _main(argv: list[str] | None) -> int:
     from batch_job.preprocessing import MAX_PIXELS
 
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # this process is ours: Pillow's own limit is ours (the library leaves it)
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)  # such images get an error row
     previous = {}
     try:
         for signum in (signal.SIGTERM, signal.SIGHUP):

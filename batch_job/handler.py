@@ -44,7 +44,12 @@ def output_url(config: Config, objects: list[S3Object]) -> str:
 def _summary(output: str | None, results: list[ImageResult], skipped: int = 0) -> dict:
     totals = Totals.of(results)
     totals.skipped = skipped
-    return {"output": output, **vars(totals), "rows": totals.rows}
+    return {"output": output, **fields(totals)}
+
+
+def fields(totals: Totals) -> dict:
+    """The totals a function reports (the functions take no videos: they count as skipped keys)."""
+    return {key: value for key, value in vars(totals).items() if key != "skipped_videos"} | {"rows": totals.rows}
 
 
 def images_only(objects: list[S3Object]) -> tuple[list[S3Object], int]:
@@ -134,7 +139,7 @@ def handle_prefix_event(event: dict, config: Config) -> dict:
         totals.skipped = opened.stats.skipped
     finally:
         destination.close()
-    return {"output": output, **vars(totals), "rows": totals.rows}
+    return {"output": output, **fields(totals)}
 
 
 HANDLERS = {"s3": handle_s3_event, "sqs": handle_sqs_event, "prefix": handle_prefix_event}

@@ -145,3 +145,6 @@ def host_setup() -> None:
     from batch_job.preprocessing import MAX_PIXELS
 
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    import warnings
+
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)  # such images get an error row

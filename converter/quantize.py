@@ -72,7 +72,8 @@ def quantize(source: Path, target: Path, name: str, batches: list[np.ndarray], w
         extra = {"CalibPercentile": 99.99} if method == CalibrationMethod.Percentile else {}
         quantize_static(str(prepared), str(target), Batches(name, batches), quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QUInt8, weight_type=weights, per_channel=True,
-                        reduce_range=reduce_range, calibrate_method=method, extra_options=extra)
+                        reduce_range=reduce_range, calibrate_method=method, extra_options=extra,
+                        nodes_to_exclude=float_tail(onnx.load(str(prepared))) if classifier(model) else [])
     proto, card = onnx.load(str(target)), onnx.load(str(source))
     del proto.metadata_props[:]
     proto.metadata_props.extend(card.metadata_props)
@@ -81,6 +82,28 @@ def quantize(source: Path, target: Path, name: str, batches: list[np.ndarray], w
 
         proto = seal(proto, INT8_TOLERANCE)
     onnx.save(proto, str(target))
+
+
+def classifier(model: onnx.ModelProto) -> bool:
+    """The emotion model (its card names classes), not the detector."""
+    return any(entry.key == "classes" for entry in model.metadata_props)
+
+
+def float_tail(model: onnx.ModelProto) -> list[str]:
+    """The classifier's last dense layer and everything after it (softmax, the served-classes slice): kept in
+    float, so the probabilities are not quantized to multiples of 1/255 (no ties, sums of 1 within 1e-6)."""
+    nodes = list(model.graph.node)  # ONNX keeps nodes in topological order
+    last = max((k for k, node in enumerate(nodes) if node.op_type in ("MatMul", "Gemm")), default=None)
+    return [] if last is None else [node.name for node in nodes[last:]]
+
+
+def output_checks(path: Path, pixels: np.ndarray) -> dict:
+    """What the INT8 output must keep (issue 17): no exact ties between the two top classes, rows summing to 1."""
+    probabilities = evaluation.onnx_predict(path)(pixels)
+    top = np.sort(probabilities, axis=1)[:, -2:]
+    return {"ties": int((top[:, 0] == top[:, 1]).sum()),
+            "max_sum_error": float(np.abs(probabilities.sum(axis=1) - 1).max()),
+            "distinct_confidences": int(len(np.unique(probabilities.max(axis=1))))}
 
 
 CANDIDATES = [  # (name, weights, reduce_range, calibration method, calibration images)
@@ -108,7 +131,8 @@ def emotion(root: Path, work: Path, quick: bool) -> dict:
         metrics, _ = evaluation.evaluate(evaluation.onnx_predict(target), data)
         rows[name] = _summary(metrics) | {"seconds": round(time.perf_counter() - started, 1),
                                           "reduce_range": reduce_range, "path": str(target),
-                                          "ms_per_face": emotion_speed(target)}
+                                          "ms_per_face": emotion_speed(target)} \
+            | output_checks(target, data.pixels["validation"])
         print(f"[quantize] emotion {name}: validation-unique {rows[name]['validation_unique']:.4f} "
               f"(fp32 {rows['fp32']['validation_unique']:.4f})", flush=True)
     return rows
@@ -200,7 +224,8 @@ def choose_emotion(rows: dict) -> str | None:
     base = rows["fp32"]["validation_unique"]
     good = [name for name, row in rows.items() if name != "fp32"
             and 100 * (base - row["validation_unique"]) <= MAX_DROP_POINTS
-            and row["ms_per_face"] < rows["fp32"]["ms_per_face"]]
+            and row["ms_per_face"] < rows["fp32"]["ms_per_face"]
+            and row.get("ties", 0) == 0 and row.get("max_sum_error", 0) <= 1e-5]
     return max(good, key=lambda n: (rows[n]["reduce_range"], rows[n]["validation_unique"]), default=None)
 
 
