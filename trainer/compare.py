@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from batch_job.results import CLASSES
+
 REFERENCE_README = Path(__file__).resolve().parent.parent.parent / "shared" / "reference" / "README.md"
 SCRATCH_NOTE = "from scratch: ImageNet weights unavailable"
 NUMBER_COLUMNS = ["precision", "recall", "f1", "test acc", "test acc unique", "validation acc",
@@ -59,6 +61,8 @@ def load_runs(runs_dir: Path) -> pd.DataFrame:
             "peer acc": _accuracy(metrics.get("peer")),
             "peer n": metrics.get("peer", {}).get("n", np.nan),
             "FER+ agreement": _accuracy(metrics.get("fer_plus")),
+            **{f"validation recall {name}": metrics.get("validation_unique", {}).get("recall_per_class", {}).get(
+                name, np.nan) for name in CLASSES},
             "FER+ n": metrics.get("fer_plus", {}).get("n", np.nan),
             "macro F1": test.get("macro_f1", np.nan),
             "parameters": metrics.get("parameters", np.nan),
@@ -125,6 +129,8 @@ def to_markdown(table: pd.DataFrame, reference: pd.DataFrame | None) -> str:
     shown = pd.DataFrame({
         "model": table["model"],
         **{c: table[c].map(_fmt) for c in NUMBER_COLUMNS},
+        "recall happy/neutral/sad/surprise (validation-unique)": table.apply(
+            lambda row: "/".join(_fmt(row.get(f"validation recall {c}"), "{:.3f}") for c in CLASSES), axis=1),
         "parameters": table["parameters"].map(lambda v: _fmt(v, "{:,.0f}")),
         "size MB": table["size MB"].map(lambda v: _fmt(v, "{:.1f}")),
         "training time": table["training time s"].map(lambda v: _fmt(v / 60 if pd.notna(v) else v, "{:.1f} min")),

@@ -53,13 +53,17 @@ Predict = Callable[[np.ndarray], np.ndarray]
 
 
 def scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
-    """The reference study's columns (weighted P/R/F1, accuracy) plus macro F1 and n (None when n is 0)."""
+    """The reference study's columns (weighted P/R/F1, accuracy) plus macro F1, recall per class (the share of
+    each class's images called that class) and n (None when n is 0)."""
     if len(y_true) == 0:
         return {key: None for key in ("accuracy", "precision", "recall", "f1", "macro_f1")} | {"n": 0}
     precision, recall, f1, _ = precision_recall_fscore_support(y_true, y_pred, average="weighted", zero_division=0)
+    per_class = {name: float((y_pred[y_true == k] == k).mean()) for k, name in enumerate(CLASSES)
+                 if (y_true == k).any()}
     return {"accuracy": float(accuracy_score(y_true, y_pred)), "precision": float(precision),
             "recall": float(recall), "f1": float(f1),
-            "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)), "n": int(len(y_true))}
+            "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+            "recall_per_class": per_class, "n": int(len(y_true))}
 
 
 def fer2013_row(path: Path) -> int | None:
