@@ -82,6 +82,31 @@ DATA_TERMS = {
 }
 
 
+def training_summary(run_dir: Path) -> dict:
+    """What the model was trained on, from its run's config (an ensemble: each member's): the model card's
+    `training` entry."""
+    def one(config: dict) -> dict:
+        data = ["facial_emotion_images/train"]
+        data += ["facial_emotion_images_more (happy, neutral, sad)"] if config.get("more_faces") else []
+        data += ["facial_emotion_images_extra (angry, disgust, fear)"] if config.get("extra_classes") else []
+        return {"run": config.get("name"), "model": config.get("model"), "data": data,
+                "classes_trained": 7 if config.get("extra_classes") else 4, "served": list(CLASSES),
+                "ferplus_soft_targets": config.get("soft_targets", 0.0), "seed": config.get("seed")}
+
+    path = run_dir / "config.json"
+    if not path.is_file():
+        return {}
+    config = json.loads(path.read_text())
+    if config.get("model") != "ensemble":
+        return one(config)
+    members = []
+    for member in config.get("members", []):
+        member_config = Path(member) / "config.json"
+        if member_config.is_file():
+            members.append(one(json.loads(member_config.read_text())))
+    return {"ensemble": config.get("name"), "mirror_tta": config.get("tta", False), "members": members}
+
+
 def model_card(name: str, channels: int, parity: Parity, metrics: dict) -> dict[str, str]:
     """String key/values for ONNX metadata_props; the runtime reads classes, input_size and channels."""
     return {
@@ -137,6 +162,7 @@ def export(keras_path: Path, output: Path, data_root: str | None = None, toleran
         run_record = json.loads(run_metrics.read_text())
         run_record["onnx_images_per_second"] = speed
         run_metrics.write_text(json.dumps(run_record, indent=2) + "\n")
+    card["training"] = json.dumps(training_summary(keras_path.parent))
     for key, value in card.items():
         proto.metadata_props.add(key=key, value=value)
     proto.doc_string = "Facial emotion classifier (happy, neutral, sad, surprise); see metadata for the model card."
