@@ -52,8 +52,9 @@ def test_the_wheel_carries_the_models_and_the_console_script(installed):
     version = subprocess.run([str(installed / "emotion-batch"), "--version"], capture_output=True, text=True,
                              cwd="/", timeout=60)
     assert version.returncode == 0, version.stderr
-    assert version.stdout.strip() in (f"emotion-batch {__version__} (model vgg_bn_aug, face detector YuNet)",
-                                      f"emotion-batch {__version__} (model vgg_bn_aug, INT8 on this CPU, face detector YuNet)")
+    name = json.loads((REPO / "models" / "emotion.json").read_text())["model_name"]  # the shipped model's card
+    assert version.stdout.strip() in (f"emotion-batch {__version__} (model {name}, face detector YuNet)",
+                                      f"emotion-batch {__version__} (model {name}, INT8 on this CPU, face detector YuNet)")
 
 
 def test_the_installed_command_scores_images_from_outside_the_repository(installed, tmp_path):
