@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))
 from batch_job import analysis, pipeline  # noqa: E402
 from batch_job.api import Scorer  # noqa: E402
 from batch_job.base import Item  # noqa: E402
-from batch_job.csv_output import write_all  # noqa: E402
+from batch_job.formats import write  # noqa: E402
 
 STAGES = ("read", "decode", "preprocess", "detection", "emotion", "csv")
 
@@ -69,10 +69,11 @@ def breakdown(paths: list[Path], faces: str = "auto", precision: str | None = No
     for patch in patches:
         patch.start()
     try:
-        pairs = [(item, pipeline._analyse(item, faces, detector, size, channels)) for item in items]
+        pairs = [((item.path, item.version, item.frame, item.time_s),
+                  pipeline._analyse(item, faces, detector, size, channels)) for item in items]
         results = [result for batch in pipeline._face_batches(pairs, 256)
                    for result in pipeline._score_batch(batch, scorer.model)]
-        timer.wrap("csv", lambda: write_all(results, io.StringIO()))()
+        timer.wrap("csv", lambda: write(results, io.StringIO()))()
     finally:
         for patch in patches:
             patch.stop()
