@@ -33,6 +33,9 @@ def main() -> None:
 
     from batch_job.preprocessing import load_image
     from batch_job.results import CLASSES
+
+    if not args.fer:
+        import trainer.models  # noqa: F401 - registers the layers a served or averaged model uses (mirror, 7 -> 4)
     model = keras.models.load_model(args.model, compile=False)
     channels = int(model.input_shape[-1])
     paths = sorted(p for folder in args.images for p in Path(folder).glob("*/*") if p.suffix.lower() == ".jpg")
