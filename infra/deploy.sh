@@ -13,13 +13,7 @@
 # x86_64): an arm64 stack with an x86_64 image fails every call with "exec format error". Every deploy passes
 # the deployed BatchImageUri on, so a value saved by `sam deploy --guided` (empty) never deletes the job
 # definition.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-VENV="${DEPLOY_VENV:-.venv-deploy}"
-SAM="$VENV/bin/sam"
-export SAM_CLI_TELEMETRY=0
-
-[[ -x "$SAM" ]] || { echo "error: $SAM missing: run 'make setup-deploy'" >&2; exit 1; }
+source "$(dirname "$0")/sam_env.sh"
 [[ -f models/emotion.onnx ]] || { echo "error: models/emotion.onnx missing: run 'make export' first" >&2; exit 1; }
 
 read -r deployed_arch deployed_image < <("$VENV/bin/python" infra/stack_info.py params "$@")

@@ -10,12 +10,7 @@
 #
 #   infra/teardown.sh [--stack-name NAME] [--region REGION]     asks before deleting
 #   TEARDOWN_YES=1 infra/teardown.sh ...                        does not ask
-set -euo pipefail
-cd "$(dirname "$0")/.."
-VENV="${DEPLOY_VENV:-.venv-deploy}"
-SAM="$VENV/bin/sam"
-export SAM_CLI_TELEMETRY=0
-[[ -x "$SAM" ]] || { echo "error: $SAM missing: run 'make setup-deploy'" >&2; exit 1; }
+source "$(dirname "$0")/sam_env.sh"
 
 read -r input output < <("$VENV/bin/python" infra/stack_info.py buckets "$@")
 echo "Deleting the stack. Its buckets stay, with their data: input $input, output $output."
