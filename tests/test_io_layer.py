@@ -414,3 +414,19 @@ def test_11_an_output_named_for_another_format_is_refused_or_warned(name, status
     result = run_cli("run", str(image_folder), "--model", str(tiny_model), "-o", str(tmp_path / name))
     assert result.returncode == status and words in result.stderr
     assert (tmp_path / name).exists() == (status == 0)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["cost", "--images", "1000"], ["submit", "--help"], ["status", "--help"]])
+def test_the_light_commands_load_no_numpy_pillow_or_onnxruntime(argv):
+    script = f"""
+import sys
+from batch_job.cli import main
+try:
+    main({argv!r})
+except SystemExit:
+    pass
+print(sorted(m for m in ("numpy", "PIL", "onnxruntime") if m in sys.modules))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout + result.stderr
