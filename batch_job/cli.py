@@ -92,9 +92,9 @@ def score(sources: list[str], dest: str, settings: Settings, progress: bool, ann
         items = non_empty(listed())
         if items is None and not shard:  # an empty shard still writes its (header-only) part
             raise FatalError(f"no image or video files found in {' '.join(sources)}")
-        from batch_job.base import is_video_path
+        from batch_job.video import is_video
 
-        video = any(is_video_path(item.path.rstrip('"')) for item in listed(False))  # frame and time_s columns
+        video = any(is_video(item) for item in listed(False))  # frame and time_s columns
         if resume and video:
             raise UsageError("--resume does not take runs with videos yet: run them again without it")
         earlier = destination.partial() if resume else None
@@ -205,10 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the smallest face to report, in pixels of the box's longer side (default: 2%% of the "
                           "image's shorter side, at least 16); a larger one also lets the detector run on a "
                           "smaller image, faster")
-    run.add_argument("--threshold", type=_fraction, help="the detector's score a face needs, 0-1 (default 0.6)")
+    run.add_argument("--threshold", type=_above_zero(1, inclusive=False), help="the detector's score a face needs, 0-1 (default 0.6)")
     run.add_argument("--max-faces", type=_bounded(1000), metavar="N",
                      help="report at most N faces per image, the largest first (default 1000)")
-    run.add_argument("--fps", type=_positive_float,
+    run.add_argument("--fps", type=_above_zero(60, inclusive=True),
                      help="frames sampled a second from videos (.mp4 .mov .m4v .mkv .avi .webm; default 1): one row "
                           "per face per frame, with frame and time_s columns (needs the video extra: pip install "
                           "'emotion-batch-scoring[video]')")
@@ -286,24 +286,18 @@ class _Version(argparse.Action):
         parser.exit()
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value <= 60:
-        raise argparse.ArgumentTypeError(f"must be above 0 and at most 60: {text}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1: {text}")
-    return value
+def _above_zero(most: float, inclusive: bool):
+    """An argparse type: a number above 0 and below `most` (or at most, when `inclusive`)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not 0 < value < most and not (inclusive and value == most):
+            bound = f"at most {most:g}" if inclusive else f"below {most:g}"
+            raise argparse.ArgumentTypeError(f"must be above 0 and {bound}: {text}")
+        return value
+    return parse
 
 
 def _bounded(most: int):

@@ -318,13 +318,5 @@ def done_paths(path: str, fmt: OutputFormat, names: list[str]) -> Iterator[str]:
                 yield last
 
 
-def text(results: Iterable[ImageResult], fmt: OutputFormat = CSV, classes: tuple[str, ...] = CLASSES,
-         versioned: bool = False) -> str:
-    """A whole (small) output as text."""
-    out = io.StringIO()
-    write(results, out, fmt, classes, versioned=versioned)
-    return out.getvalue()
-
-
 __all__ = ["COLUMNS", "CSV", "JSONL", "FORMATS", "FORMAT_NAMES", "OutputFormat", "columns", "for_destination",
-           "get", "neutralised", "restored", "text", "to_rows", "write"]
+           "get", "neutralised", "restored", "to_rows", "write"]

@@ -161,12 +161,6 @@ def read(csv_path: str | Path) -> Page:
     return Page(summary, ordered, errors, no_face, images)
 
 
-def read_csv(csv_path: str | Path):
-    """(summary, least confident faces per emotion, errors, faceless images): the page's lists."""
-    page = read(csv_path)
-    return page.summary, page.worst, page.errors, page.no_face
-
-
 def run_record(csv_path: str | Path) -> dict:
     """What the command line recorded about the run that wrote this file (empty when there is none)."""
     try:
@@ -227,10 +221,6 @@ def pictures(page: Page, images: str) -> tuple[dict[tuple[str, str], str], dict[
         except (OSError, Error, ValueError):  # a missing or unreadable image: the page shows no picture for it
             continue
     return thumbs, views
-
-
-def thumbnails(faces: dict[str, list[FaceRow]], images: str) -> dict[tuple[str, str], str]:
-    return pictures(Page(Summary(), faces, [], [], []), images)[0]
 
 
 def _thumbnail(image: Image.Image, box: tuple[int, int, int, int]) -> str:

@@ -52,6 +52,11 @@ def frames(source, fps: float = DEFAULT_FPS) -> Iterator[tuple[int, float, objec
                     due += step
 
 
+def is_video(item: Item) -> bool:
+    """Whether an input is a video, by its shown name (a non-UTF-8 name is shown quoted)."""
+    return is_video_path(item.path.rstrip('"'))
+
+
 def _holding(image: object):
     return lambda: image
 
@@ -67,7 +72,7 @@ def expand(items: Iterable[Item], fps: float = DEFAULT_FPS, stats: VideoStats | 
     stats = stats if stats is not None else VideoStats()
     have_av: bool | None = None
     for item in items:
-        if not is_video_path(item.path.rstrip('"')):
+        if not is_video(item):
             yield item
             continue
         if have_av is None:
