@@ -38,7 +38,7 @@ def cmd_run(args) -> int:
 
     try:
         run(config, args.data, args.runs_dir, resume=args.resume, epochs_now=args.epochs_now)
-    except (FileNotFoundError, CheckpointMismatch) as error:
+    except (FileNotFoundError, CheckpointMismatch, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0

@@ -55,6 +55,9 @@ class TrainConfig:
     weight_by_label_share: bool = False  # weight each training face's loss by its label's share of the votes
     extra_classes: bool = False  # also train on facial_emotion_images_extra (7 classes); the model serves 4
     more_faces: bool = False  # also train on facial_emotion_images_more (FER2013 Training happy/neutral/sad)
+    # knowledge distillation (trainer/distill.py): a four-class model's probabilities mixed into each target
+    teacher: str = ""  # its run folder (or .keras file), relative to the working directory; "" = none
+    teacher_weight: float = 0.0  # the teacher's share of each target: 0 = labels only, 1 = teacher only
     seed: int = 42
     steps_per_epoch: int | None = None  # None = one pass over the training data; small numbers for CI
     train_limit: int | None = None  # use only this many training images (CI)
@@ -139,14 +142,18 @@ def _check(config: TrainConfig, source: str) -> None:
         problems.append("label_smoothing must be in [0, 1)")
     if not _is_number(config.mixup) or config.mixup < 0:
         problems.append("mixup must be a number >= 0 (the Beta distribution's alpha; 0 = off)")
-    for key in ("soft_targets", "min_label_share"):
+    for key in ("soft_targets", "min_label_share", "teacher_weight"):
         if not _is_number(getattr(config, key)) or not 0 <= getattr(config, key) <= 1:
             problems.append(f"{key} must be a number in [0, 1]")
     for key in ("drop_test_duplicates", "drop_near_duplicates", "drop_not_a_face", "weight_by_label_share",
                 "extra_classes", "more_faces"):
         if not isinstance(getattr(config, key), bool):
             problems.append(f"{key} must be true or false")
-    for key in ("note", "reference"):
+    if isinstance(config.teacher, str) and _is_number(config.teacher_weight) and \
+            bool(config.teacher) != bool(config.teacher_weight):
+        problems.append("teacher and teacher_weight go together: name the teacher's run folder and give it a "
+                        "weight above 0, or neither")
+    for key in ("note", "reference", "teacher"):
         if not isinstance(getattr(config, key), str):
             problems.append(f"{key} must be a string")
     if not isinstance(config.augment.flip, bool):

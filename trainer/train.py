@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from batch_job.preprocessing import INPUT_SIZE
-from trainer import checkpoint, training_set
+from trainer import checkpoint, distill, training_set
 from trainer import data as dataset
 from trainer.batches import mixup, train_dataset  # noqa: F401  (mixup: part of this module's interface)
 from trainer.config import TrainConfig
@@ -115,6 +115,8 @@ def run(config: TrainConfig, data_root: str | None = None, runs_dir: Path = RUNS
     if config.train_limit:
         train = train.subset(np.isin(np.arange(len(train)), rng.permutation(len(train))[: config.train_limit]))
     faces = training_set.build(config, root, train, set(splits["test"].digests))
+    if config.teacher:
+        distill.teacher_file(config.teacher)  # a missing teacher fails here, before any run folder is written
     num_classes = len(faces.classes)
     model = build_model(  # a missing ImageNet weights file fails here, before any run folder is written
         config.model, (INPUT_SIZE, INPUT_SIZE, config.channels), num_classes, **config.model_args)
@@ -124,6 +126,11 @@ def run(config: TrainConfig, data_root: str | None = None, runs_dir: Path = RUNS
           f"{len(splits['validation'])}, test {len(splits['test'])} (copies of test images dropped: "
           f"{config.drop_test_duplicates}, near copies too: {config.drop_near_duplicates})", flush=True)
     x_train = dataset.load_pixels(faces.paths, config.channels)
+    if config.teacher:
+        faces = distill.with_teacher(faces, x_train if config.channels == 1 else x_train[..., :1], config.teacher,
+                                     config.teacher_weight, run_dir / distill.CACHE_NAME)
+        print(f"[{config.name}] teacher {config.teacher} (weight {config.teacher_weight}): "
+              f"{faces.summary['teacher']}", flush=True)
     x_val = dataset.load_pixels(splits["validation"].paths, config.channels).astype(np.float32)
     val_data = (x_val, np.eye(num_classes, dtype=np.float32)[splits["validation"].labels])
 
