@@ -89,9 +89,14 @@ def training_summary(run_dir: Path) -> dict:
         data = ["facial_emotion_images/train"]
         data += ["facial_emotion_images_more (happy, neutral, sad)"] if config.get("more_faces") else []
         data += ["facial_emotion_images_extra (angry, disgust, fear)"] if config.get("extra_classes") else []
-        return {"run": config.get("name"), "model": config.get("model"), "data": data,
+        info = {"run": config.get("name"), "model": config.get("model"), "data": data,
                 "classes_trained": 7 if config.get("extra_classes") else 4, "served": list(CLASSES),
                 "ferplus_soft_targets": config.get("soft_targets", 0.0), "seed": config.get("seed")}
+        if config.get("teacher"):  # distilled (trainer/distill.py): what the teacher was, in the same terms
+            teacher = Path(config["teacher"])
+            info["distilled_from"] = {"teacher": config["teacher"], "teacher_weight": config.get("teacher_weight"),
+                                      **training_summary(teacher if teacher.is_dir() else teacher.parent)}
+        return info
 
     path = run_dir / "config.json"
     if not path.is_file():

@@ -1,6 +1,7 @@
 """Distillation: the teacher's probabilities reach the student's targets, as mixed, cached and validated."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -82,3 +83,23 @@ def test_missing_teacher_fails_before_any_run_folder_is_written(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such model file"):
         train_module.run(config, str(data), tmp_path / "runs")
     assert not (tmp_path / "runs" / "student").exists()
+
+
+def test_model_card_says_what_a_student_was_distilled_from(tmp_path):
+    from converter.export import training_summary
+
+    def write(folder, config):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "config.json").write_text(json.dumps(config))
+        return tmp_path / folder
+
+    member = write("all7", {"name": "all7", "model": "vgg_bn", "extra_classes": True, "more_faces": True, "seed": 1})
+    teacher = write("teacher_tta", {"name": "teacher_tta", "model": "ensemble", "members": [str(member)], "tta": True})
+    student = write("kd", {"name": "kd", "model": "vgg_bn", "extra_classes": True, "teacher": str(teacher),
+                           "teacher_weight": 0.7, "seed": 2})
+    card = training_summary(student)
+    assert (card["run"], card["classes_trained"], card["seed"]) == ("kd", 7, 2)
+    assert card["distilled_from"]["teacher_weight"] == 0.7
+    assert card["distilled_from"]["mirror_tta"] is True
+    assert [m["run"] for m in card["distilled_from"]["members"]] == ["all7"]
+    assert "distilled_from" not in training_summary(member)
