@@ -103,3 +103,25 @@ def test_model_card_says_what_a_student_was_distilled_from(tmp_path):
     assert card["distilled_from"]["mirror_tta"] is True
     assert [m["run"] for m in card["distilled_from"]["members"]] == ["all7"]
     assert "distilled_from" not in training_summary(member)
+
+
+def test_a_damaged_cache_is_scored_again_and_replaced(tmp_path, monkeypatch):
+    model_file = tmp_path / "teacher.keras"
+    model_file.write_bytes(b"stands in for a model")
+    calls = []
+
+    def scored(path, pixels):
+        calls.append(path)
+        return np.full((len(pixels), 4), 0.25, dtype=np.float32)
+
+    monkeypatch.setattr(distill, "teacher_probabilities", scored)
+    cache = tmp_path / distill.CACHE_NAME
+    cache.write_bytes(b"PK\x03\x04 truncated")  # a run killed while writing it
+    pixels = np.zeros((3, 48, 48, 1), dtype=np.uint8)
+    keys = ["a.jpg", "b.jpg", "c.jpg"]
+    first = distill.cached_probabilities(model_file, pixels, keys, cache)
+    again = distill.cached_probabilities(model_file, pixels, keys, cache)
+    np.testing.assert_array_equal(first, again)
+    assert len(calls) == 1  # the damaged file was replaced by a readable one
+    distill.cached_probabilities(model_file, pixels, keys[:2] + ["d.jpg"], cache)
+    assert len(calls) == 2  # other faces: scored again

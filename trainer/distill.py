@@ -13,6 +13,7 @@ product class; the angry, disgust and fear faces keep their targets, because the
 from __future__ import annotations
 
 import hashlib
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -46,20 +47,26 @@ def teacher_probabilities(model_path: Path, pixels: np.ndarray) -> np.ndarray:
     if int(model.output_shape[-1]) != len(CLASSES):
         raise ConfigError(f"teacher {model_path} has {model.output_shape[-1]} outputs; a teacher must serve the "
                          f"{len(CLASSES)} product classes (a finished run's or an ensemble's model.keras)")
-    probs = model.predict(pixels.astype(np.float32), batch_size=BATCH, verbose=0)
+    channels = int(model.input_shape[-1])  # an "RGB" run takes the gray face three times, as it trained
+    faces = pixels.astype(np.float32) if channels == 1 else np.repeat(pixels.astype(np.float32), channels, axis=-1)
+    probs = model.predict(faces, batch_size=BATCH, verbose=0)
     return np.asarray(probs, dtype=np.float32)
 
 
 def cached_probabilities(model_path: Path, pixels: np.ndarray, keys: list[str], cache: Path) -> np.ndarray:
     """teacher_probabilities, read from `cache` when it was made by the same teacher file for the same faces."""
     digest = _sha256(model_path)
-    if cache.is_file():
+    try:
         with np.load(cache, allow_pickle=False) as saved:
             if str(saved["teacher_sha256"]) == digest and saved["keys"].tolist() == keys:
                 return saved["probabilities"]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        pass  # no cache, or a damaged one (a run killed while writing it): score again
     probs = teacher_probabilities(model_path, pixels)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(cache, probabilities=probs, keys=np.array(keys), teacher_sha256=np.array(digest))
+    tmp = cache.with_name(cache.name + ".tmp.npz")
+    np.savez(tmp, probabilities=probs, keys=np.array(keys), teacher_sha256=np.array(digest))
+    tmp.replace(cache)
     return probs
 
 
