@@ -86,6 +86,11 @@ def _decode_all(decode: Callable[[Item], Analysis], group: list[Item]) -> list[A
 Named = tuple[str, str, int | None, float | None]  # (path, version, frame, time_s) of an input
 
 
+def named(item: Item) -> Named:
+    """What a result keeps of its input once the pixels are gone (the item itself would hold them)."""
+    return item.path, item.version, item.frame, item.time_s
+
+
 def _score_batch(batch: list[tuple[Named, Analysis]], model: EmotionModel) -> list[ImageResult]:
     """Run the model once on every face of a batch of images; images without faces keep their rows."""
     crops = [face.pixels for _, analysis in batch for face in analysis.faces]
@@ -131,7 +136,7 @@ def predict(items: Iterable[Item], model: EmotionModel, batch_size: int = 256, w
     cpus = usable_cpus()
     parallel = max(1, cpus // model.threads)
     workers = workers or min(32, cpus + 4)
-    pairs = (((item.path, item.version, item.frame, item.time_s), analysis) for item, analysis in  # item ends here
+    pairs = ((named(item), analysis) for item, analysis in  # item ends here
              decoded(items, lambda item: _analyse(item, faces, detector, size, channels, options), workers,
                      lookahead=(parallel + 1) * batch_size))
     pending: deque[Future] = deque()

@@ -69,8 +69,7 @@ def breakdown(paths: list[Path], faces: str = "auto", precision: str | None = No
     for patch in patches:
         patch.start()
     try:
-        pairs = [((item.path, item.version, item.frame, item.time_s),
-                  pipeline._analyse(item, faces, detector, size, channels)) for item in items]
+        pairs = [(pipeline.named(item), pipeline._analyse(item, faces, detector, size, channels)) for item in items]
         results = [result for batch in pipeline._face_batches(pairs, 256)
                    for result in pipeline._score_batch(batch, scorer.model)]
         timer.wrap("csv", lambda: write(results, io.StringIO()))()
