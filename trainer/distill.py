@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from batch_job.preprocessing import with_channels
 from batch_job.results import CLASSES
 from trainer.config import ConfigError
 
@@ -35,10 +36,6 @@ def teacher_file(teacher: str | Path) -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def teacher_probabilities(model_path: Path, pixels: np.ndarray) -> np.ndarray:
     """The teacher's four-class probabilities (N, 4) for uint8 faces (N, 48, 48, 1), in batches."""
     import keras
@@ -47,15 +44,14 @@ def teacher_probabilities(model_path: Path, pixels: np.ndarray) -> np.ndarray:
     if int(model.output_shape[-1]) != len(CLASSES):
         raise ConfigError(f"teacher {model_path} has {model.output_shape[-1]} outputs; a teacher must serve the "
                          f"{len(CLASSES)} product classes (a finished run's or an ensemble's model.keras)")
-    channels = int(model.input_shape[-1])  # an "RGB" run takes the gray face three times, as it trained
-    faces = pixels.astype(np.float32) if channels == 1 else np.repeat(pixels.astype(np.float32), channels, axis=-1)
+    faces = with_channels(pixels.astype(np.float32), int(model.input_shape[-1]))  # "RGB" runs: gray three times
     probs = model.predict(faces, batch_size=BATCH, verbose=0)
     return np.asarray(probs, dtype=np.float32)
 
 
 def cached_probabilities(model_path: Path, pixels: np.ndarray, keys: list[str], cache: Path) -> np.ndarray:
     """teacher_probabilities, read from `cache` when it was made by the same teacher file for the same faces."""
-    digest = _sha256(model_path)
+    digest = hashlib.sha256(model_path.read_bytes()).hexdigest()
     try:
         with np.load(cache, allow_pickle=False) as saved:
             if str(saved["teacher_sha256"]) == digest and saved["keys"].tolist() == keys:
@@ -91,10 +87,11 @@ def summary(labels: np.ndarray, probabilities: np.ndarray) -> dict:
             "faces with teacher targets": int(product.sum())}
 
 
-def with_teacher(faces, pixels: np.ndarray, teacher: str | Path, weight: float, cache: Path):
-    """`faces` (a training_set.TrainingSet) with the teacher's probabilities mixed into its targets."""
+def with_teacher(faces, pixels: np.ndarray, model_path: Path, weight: float, cache: Path):
+    """`faces` (a training_set.TrainingSet) with the teacher's probabilities (model_path: teacher_file's answer)
+    mixed into its targets."""
     from dataclasses import replace
 
-    probs = cached_probabilities(teacher_file(teacher), pixels, [p.as_posix() for p in faces.paths], cache)
+    probs = cached_probabilities(model_path, pixels, [p.as_posix() for p in faces.paths], cache)
     return replace(faces, targets=mix(faces.targets, faces.labels, probs, weight),
                    summary={**faces.summary, "teacher": summary(faces.labels, probs)})

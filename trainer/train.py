@@ -115,8 +115,8 @@ def run(config: TrainConfig, data_root: str | None = None, runs_dir: Path = RUNS
     if config.train_limit:
         train = train.subset(np.isin(np.arange(len(train)), rng.permutation(len(train))[: config.train_limit]))
     faces = training_set.build(config, root, train, set(splits["test"].digests))
-    if config.teacher:
-        distill.teacher_file(config.teacher)  # a missing teacher fails here, before any run folder is written
+    # a missing teacher fails here, before any run folder is written
+    teacher = distill.teacher_file(config.teacher) if config.teacher else None
     num_classes = len(faces.classes)
     model = build_model(  # a missing ImageNet weights file fails here, before any run folder is written
         config.model, (INPUT_SIZE, INPUT_SIZE, config.channels), num_classes, **config.model_args)
@@ -126,9 +126,9 @@ def run(config: TrainConfig, data_root: str | None = None, runs_dir: Path = RUNS
           f"{len(splits['validation'])}, test {len(splits['test'])} (copies of test images dropped: "
           f"{config.drop_test_duplicates}, near copies too: {config.drop_near_duplicates})", flush=True)
     x_train = dataset.load_pixels(faces.paths, config.channels)
-    if config.teacher:
-        faces = distill.with_teacher(faces, x_train if config.channels == 1 else x_train[..., :1], config.teacher,
-                                     config.teacher_weight, run_dir / distill.CACHE_NAME)
+    if teacher is not None:
+        faces = distill.with_teacher(faces, x_train[..., :1], teacher, config.teacher_weight,
+                                     run_dir / distill.CACHE_NAME)
         print(f"[{config.name}] teacher {config.teacher} (weight {config.teacher_weight}): "
               f"{faces.summary['teacher']}", flush=True)
     x_val = dataset.load_pixels(splits["validation"].paths, config.channels).astype(np.float32)
