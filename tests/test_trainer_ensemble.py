@@ -11,6 +11,7 @@ keras = pytest.importorskip("keras")
 
 from converter.export import check_parity, to_onnx  # noqa: E402
 from tests.test_trainer_audit import make_dataset  # noqa: E402
+from trainer import evaluation  # noqa: E402
 from trainer.__main__ import main  # noqa: E402
 from trainer.compare import load_runs  # noqa: E402
 from trainer.config import config_from_dict  # noqa: E402
@@ -83,3 +84,26 @@ def test_cli_names_a_run_without_a_model(tmp_path, capsys):
     (tmp_path / "half_done").mkdir()
     assert main(["ensemble", str(tmp_path / "half_done"), "--runs-dir", str(tmp_path)]) == 2
     assert "no model.keras" in capsys.readouterr().err
+
+
+def test_rescore_from_the_exported_onnx_file_with_mirror_matches_the_tta_ensemble(trained, tmp_path):
+    """A run whose model.keras is gone is rescored from its shipped ONNX file; --mirror reproduces its TTA row."""
+    data, runs_dir, runs = trained
+    onnx_file = tmp_path / "gray.onnx"
+    member = load_member(runs["gray"])
+    onnx_file.write_bytes(to_onnx(member, channels=1).SerializeToString())
+    x = faces(8).astype(np.uint8)
+    tta = build_ensemble({"gray": member}, tta=True).predict(x.astype(np.float32), verbose=0)
+    np.testing.assert_allclose(evaluation.mirrored(evaluation.onnx_predict(onnx_file))(x), tta, atol=1e-5)
+    assert not np.allclose(evaluation.onnx_predict(onnx_file)(x), tta, atol=1e-4)  # the mirror changes the scores
+    tta_dir = run_ensemble([runs["gray"]], tta=True, runs_dir=runs_dir, name="gray_tta_ref", data_root=str(data))
+    for source, mirror in ((runs["gray"], False), (tta_dir, True)):
+        copy = tmp_path / f"{source.name}_copy"
+        copy.mkdir()
+        (copy / "metrics.json").write_text((source / "metrics.json").read_text())
+        assert main(["rescore", str(copy), "--model", str(onnx_file), "--data", str(data)]
+                    + (["--mirror"] if mirror else [])) == 0
+        expected, got = (json.loads((d / "metrics.json").read_text()) for d in (source, copy))
+        for split in ("validation", "validation_unique", "test"):
+            assert got[split]["accuracy"] == pytest.approx(expected[split]["accuracy"], abs=1e-9)
+            assert got[split]["recall_per_class"] == pytest.approx(expected[split]["recall_per_class"], abs=1e-9)

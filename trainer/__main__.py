@@ -6,7 +6,7 @@
   audit [DATA_DIR] [--out results/audit]            class counts, duplicates, near-duplicates, label conflicts
   ensemble RUN_DIR ... [--tta]                      average trained runs (and their mirror) -> runs/<name>/
   peer [--model FILE]                               the fer package's model on the same subsets -> runs/fer_peer/
-  rescore RUN_DIR [--model FILE]                    recompute a finished run's scores (trainer/evaluation.py)
+  rescore RUN_DIR [--model FILE] [--mirror]         recompute a finished run's scores (trainer/evaluation.py)
 """
 from __future__ import annotations
 
@@ -149,7 +149,7 @@ def cmd_rescore(args) -> int:
     from trainer.report import rescore_run
 
     try:
-        rescore_run(args.run_dir, args.model, args.data)
+        rescore_run(args.run_dir, args.model, args.data, args.mirror)
     except FileNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -221,7 +221,10 @@ def main(argv=None) -> int:
 
     re_p = sub.add_parser("rescore", help="recompute a finished run's scores from its model (trainer/evaluation.py)")
     re_p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    re_p.add_argument("--model", type=Path, help="the run's model file (default RUN_DIR/model.keras)")
+    re_p.add_argument("--model", type=Path,
+                      help="the run's model file: .keras, or the .onnx it was exported to (default RUN_DIR/model.keras)")
+    re_p.add_argument("--mirror", action="store_true",
+                      help="average each face with its mirror image (a TTA run scored from its member's file)")
     _data_arg(re_p)
     re_p.set_defaults(func=cmd_rescore)
 

