@@ -18,7 +18,7 @@ from tests.conftest import REPO, SHARED_DATA, SHIPPED_MODEL, needs_data
 
 REFERENCE_TEST_ACCURACY = 0.6797
 FLOAT_TOLERANCE = 1e-5  # see test_whole_mode_reproduces_the_csv_values_written_when_the_model_shipped
-# Written by the shipped model in whole mode, fp32, when it shipped (vgg_bn_aug_all7_tta): the crop path must keep
+# Written by the shipped model in whole mode, fp32, when it shipped (vgg_bn_aug_all7_e48_tta): the crop path must keep
 # reproducing it, whatever changes around it. Regenerate it only when a new model ships.
 WHOLE_MODE_GOLDEN = REPO / "tests" / "data" / "whole_mode_test_predictions.csv"
 
