@@ -101,8 +101,16 @@ def _score_batch(batch: list[tuple[Named, Analysis]], model: EmotionModel) -> li
             results.append(ImageResult(path, error=analysis.error or NO_FACE, transient=analysis.transient,
                                        version=version, frame=frame, time_s=time_s))
             continue
-        faces = tuple(FaceResult(number, face.box, face.score, next(probs), model.card.classes, face.landmarks)
-                      for number, face in enumerate(analysis.faces, start=1))
+        rows = [next(probs) for _ in analysis.faces]
+        if broken := [number for number, row in enumerate(rows, start=1) if not np.isfinite(row).all()]:
+            # argmax of NaN is class 0: a confident-looking wrong row. Say so instead (a broken or badly
+            # quantized graph; converter.quantize refuses such candidates, a hand-made one may not).
+            results.append(ImageResult(path, error=f"the emotion model gave no finite probabilities for face "
+                                                   f"{', '.join(map(str, broken))}", version=version,
+                                       frame=frame, time_s=time_s))
+            continue
+        faces = tuple(FaceResult(number, face.box, face.score, row, model.card.classes, face.landmarks)
+                      for number, (face, row) in enumerate(zip(analysis.faces, rows, strict=True), start=1))
         results.append(ImageResult(path, faces, version=version, frame=frame, time_s=time_s))
     return results
 

@@ -435,3 +435,27 @@ def test_peak_memory_stays_under_the_documented_bound_with_32_workers_on_huge_im
     result = memory.measure(tmp_path, budget_mb=512, workers=32)
     assert result["exit_status"] == 0 and result["rows"] == 4 and result["refused"] == 0  # all scored
     assert result["peak_rss_mb"] < 250 + 512 + 100, result
+
+
+def test_a_face_the_model_scores_as_nan_is_an_error_row_not_a_confident_happy(tmp_path, tiny_model, monkeypatch):
+    """argmax of a NaN row is class 0; a broken graph's NaN must not become 'happy' with confidence nan."""
+    from batch_job import pipeline
+    from batch_job.sources import open_sources
+
+    face_like(1).save(tmp_path / "fine.png")
+    Image.new("L", (48, 48), 255).save(tmp_path / "white.png")
+    model = EmotionModel(tiny_model)
+    honest = model.predict
+
+    def nan_on_white(pixels):
+        out = honest(pixels).copy()
+        out[pixels.reshape(len(pixels), -1).min(axis=1) == 255] = np.nan
+        return out
+    monkeypatch.setattr(model, "predict", nan_on_white)
+    results = {r.path: r for r in pipeline.predict(open_sources([str(tmp_path)]).items(), model, faces="whole")}
+    assert results["white.png"].error == "the emotion model gave no finite probabilities for face 1"
+    assert results["white.png"].faces == () and results["white.png"].failed
+    fine = results["fine.png"]
+    assert fine.error == "" and len(fine.faces) == 1
+    np.testing.assert_allclose(fine.faces[0].probabilities, honest(np.asarray(face_like(1))[None, :, :, None])[0],
+                               atol=1e-6)
