@@ -106,6 +106,7 @@ def test_truncated_jpeg_raises_clear_error():
         load_image(data[: len(data) // 2])
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # the warning Pillow gives on the way
 def test_decompression_bomb_is_refused_before_decoding():
     bomb = encode(Image.new("1", (12_000, 12_000)), "PNG")  # 144 Mpixels in a few kB
     assert len(bomb) < 100_000
