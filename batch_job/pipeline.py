@@ -94,20 +94,24 @@ def named(item: Item) -> Named:
 def _score_batch(batch: list[tuple[Named, Analysis]], model: EmotionModel) -> list[ImageResult]:
     """Run the model once on every face of a batch of images; images without faces keep their rows."""
     crops = [face.pixels for _, analysis in batch for face in analysis.faces]
-    probs = iter(model.predict(np.stack(crops))) if crops else iter(())
+    probs = model.predict(np.stack(crops)) if crops else np.empty((0, len(model.card.classes)), np.float32)
+    finite = np.asarray(np.isfinite(probs).all(axis=1))  # once per batch, not per face
     results = []
+    start = 0
     for (path, version, frame, time_s), analysis in batch:
         if analysis.error or not analysis.faces:
             results.append(ImageResult(path, error=analysis.error or NO_FACE, transient=analysis.transient,
                                        version=version, frame=frame, time_s=time_s))
             continue
-        rows = [next(probs) for _ in analysis.faces]
-        if broken := [number for number, row in enumerate(rows, start=1) if not np.isfinite(row).all()]:
+        end = start + len(analysis.faces)
+        rows, ok = probs[start:end], finite[start:end]
+        start = end
+        if not ok.all():
             # argmax of NaN is class 0: a confident-looking wrong row. Say so instead (a broken or badly
             # quantized graph; converter.quantize refuses such candidates, a hand-made one may not).
+            broken = ", ".join(str(number) for number in np.flatnonzero(~ok) + 1)
             results.append(ImageResult(path, error=f"the emotion model gave no finite probabilities for face "
-                                                   f"{', '.join(map(str, broken))}", version=version,
-                                       frame=frame, time_s=time_s))
+                                                   f"{broken}", version=version, frame=frame, time_s=time_s))
             continue
         faces = tuple(FaceResult(number, face.box, face.score, row, model.card.classes, face.landmarks)
                       for number, (face, row) in enumerate(zip(analysis.faces, rows, strict=True), start=1))
