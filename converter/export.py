@@ -109,7 +109,8 @@ def training_summary(run_dir: Path) -> dict:
         member_config = Path(member) / "config.json"
         if member_config.is_file():
             members.append(one(json.loads(member_config.read_text())))
-    return {"ensemble": config.get("name"), "mirror_tta": config.get("tta", False), "members": members}
+    return {"ensemble": config.get("name"), "mirror_tta": config.get("tta", False),
+            "alternate_views": config.get("alternate", False), "members": members}
 
 
 def model_card(name: str, channels: int, parity: Parity, metrics: dict) -> dict[str, str]:

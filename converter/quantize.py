@@ -90,11 +90,16 @@ def classifier(model: onnx.ModelProto) -> bool:
 
 
 def float_tail(model: onnx.ModelProto) -> list[str]:
-    """The classifier's last dense layer and everything after it (softmax, the served-classes slice): kept in
-    float, so the probabilities are not quantized to multiples of 1/255 (no ties, sums of 1 within 1e-6)."""
-    nodes = list(model.graph.node)  # ONNX keeps nodes in topological order
-    last = max((k for k, node in enumerate(nodes) if node.op_type in ("MatMul", "Gemm")), default=None)
-    return [] if last is None else [node.name for node in nodes[last:]]
+    """Every dense layer and everything downstream of one (softmax, the served-classes slice, the ensemble's
+    average): kept in float, so the probabilities are not quantized to multiples of 1/255 (no ties, sums of 1
+    within 1e-6). An ensemble has one dense head per member, each on its own branch: all of them stay float."""
+    tail: list[str] = []
+    downstream: set[str] = set()  # tensors computed from a dense layer's output
+    for node in model.graph.node:  # ONNX keeps nodes in topological order
+        if node.op_type in ("MatMul", "Gemm") or downstream.intersection(node.input):
+            tail.append(node.name)
+            downstream.update(node.output)
+    return tail
 
 
 def output_checks(path: Path, pixels: np.ndarray) -> dict:

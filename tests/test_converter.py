@@ -70,3 +70,40 @@ def test_shipped_onnx_matches_shipped_keras_model_on_real_images():
     onnx_bytes = (REPO / "models" / "emotion.onnx").read_bytes()
     parity, _ = check_parity(model, onnx_bytes, real_pixels(512, channels=int(model.input_shape[-1])), 1e-4)
     assert parity.argmax_agreement == 1.0
+
+
+def test_int8_ensemble_keeps_every_members_head_in_float(tmp_path):
+    """An ensemble has a dense head per member and view; quantizing any of them rounds the averaged
+    probabilities to multiples of 1/255 (sums off by ~0.008, ties). Every head and the average stay float."""
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationMethod, QuantType
+
+    from converter.export import Parity, model_card
+    from converter.quantize import float_tail, quantize
+    from trainer.ensemble import build_ensemble
+
+    members = {}
+    for seed in (0, 1):
+        keras.utils.set_random_seed(seed)
+        members[f"m{seed}"] = build_model("vgg_bn", (48, 48, 1), 4, widths=[8, 16], convs_per_block=1)
+    proto = to_onnx(build_ensemble(members, tta=True), channels=1)
+    tail = set(float_tail(proto))
+    heads = [node for node in proto.graph.node if node.op_type in ("MatMul", "Gemm", "Softmax")]
+    assert len([node for node in heads if node.op_type == "Softmax"]) >= 2  # one per member at least
+    assert {node.name for node in heads} <= tail
+    assert not any(node.op_type == "Conv" and node.name in tail for node in proto.graph.node)
+    output = proto.graph.output[0].name
+    assert any(output in node.output and node.name in tail for node in proto.graph.node)
+
+    for key, value in model_card("ens", 1, Parity(1, 0.0, 1.0), {}).items():
+        proto.metadata_props.add(key=key, value=value)
+    source, target = tmp_path / "ens.onnx", tmp_path / "ens.int8.onnx"
+    onnx.save(proto, str(source))
+    rng = np.random.default_rng(0)
+    calibration = [rng.integers(0, 256, (16, 48, 48, 1)).astype(np.float32) for _ in range(2)]
+    quantize(source, target, "image", calibration, QuantType.QInt8, False, CalibrationMethod.MinMax)
+    session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+    probabilities = session.run(None, {"image": rng.integers(0, 256, (64, 48, 48, 1)).astype(np.float32)})[0]
+    assert any(node.op_type == "QuantizeLinear" for node in onnx.load(str(target)).graph.node)  # it is INT8
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)

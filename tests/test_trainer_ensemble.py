@@ -55,6 +55,28 @@ def test_tta_ensemble_is_the_mean_over_members_and_mirror_images(trained):
     assert not np.allclose(expected, gray.predict(x, verbose=0), atol=1e-4)  # the members really differ
 
 
+def test_alternate_ensemble_gives_each_member_one_view_in_turn(trained):
+    _, _, runs = trained
+    gray, rgb = load_member(runs["gray"]), load_member(runs["rgb"])
+    x = faces()
+    mirrored = x[:, :, ::-1, :]
+    expected = np.mean([gray.predict(x, verbose=0), rgb.predict(np.repeat(mirrored, 3, axis=3), verbose=0)], axis=0)
+    model = build_ensemble({"gray": gray, "rgb": rgb}, tta=False, alternate=True)
+    np.testing.assert_allclose(model.predict(x, verbose=0), expected, atol=1e-6)
+    swapped = np.mean([gray.predict(mirrored, verbose=0), rgb.predict(np.repeat(x, 3, axis=3), verbose=0)], axis=0)
+    assert not np.allclose(expected, swapped, atol=1e-4)  # which member sees the mirror matters: order is kept
+    assert len([layer for layer in model.layers if isinstance(layer, HorizontalFlip)]) == 1  # one mirror, two passes
+
+
+def test_alternate_views_refuse_one_member_and_tta_together(trained):
+    _, _, runs = trained
+    gray = load_member(runs["gray"])
+    with pytest.raises(ValueError, match="two members"):
+        build_ensemble({"gray": gray}, tta=False, alternate=True)
+    with pytest.raises(ValueError, match="exclude each other"):
+        build_ensemble({"gray": gray, "rgb": load_member(runs["rgb"])}, tta=True, alternate=True)
+
+
 def test_ensemble_of_one_run_without_tta_scores_exactly_like_that_run(trained):
     data, runs_dir, runs = trained
     run_dir = run_ensemble([runs["gray"]], tta=False, runs_dir=runs_dir, name="gray_alone", data_root=str(data))

@@ -4,7 +4,7 @@
   run-all [--only NAME ...] [--force] [--dry-run]   every config in trainer/configs (not ci_tiny), one by one
   compare [--runs-dir runs] [--out results]         runs/*/metrics.json -> results/results.{csv,md,png}
   audit [DATA_DIR] [--out results/audit]            class counts, duplicates, near-duplicates, label conflicts
-  ensemble RUN_DIR ... [--tta]                      average trained runs (and their mirror) -> runs/<name>/
+  ensemble RUN_DIR ... [--tta|--alternate]          average trained runs (and their mirror) -> runs/<name>/
   peer [--model FILE]                               the fer package's model on the same subsets -> runs/fer_peer/
   rescore RUN_DIR [--model FILE] [--mirror]         recompute a finished run's scores (trainer/evaluation.py)
 """
@@ -126,8 +126,8 @@ def cmd_ensemble(args) -> int:
     from trainer.ensemble import run_ensemble
 
     try:
-        run_ensemble(args.runs, args.tta, args.runs_dir, args.name, args.data)
-    except FileNotFoundError as error:
+        run_ensemble(args.runs, args.tta, args.runs_dir, args.name, args.data, alternate=args.alternate)
+    except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
@@ -207,8 +207,11 @@ def main(argv=None) -> int:
     ens_p = sub.add_parser("ensemble", help="average trained runs (and their mirror image) into one model "
                                             "-> runs/<name>/, scored like a run")
     ens_p.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="run folders with a model.keras")
-    ens_p.add_argument("--tta", action="store_true", help="also average each model over the mirrored face")
-    ens_p.add_argument("--name", help="run folder name (default: the members joined by '+', then '_tta')")
+    views = ens_p.add_mutually_exclusive_group()
+    views.add_argument("--tta", action="store_true", help="also average each model over the mirrored face")
+    views.add_argument("--alternate", action="store_true",
+                       help="members in turn see the face or its mirror (the first the face): one pass a member")
+    ens_p.add_argument("--name", help="run folder name (default: the members joined by '+', then '_tta' or '_alt')")
     _data_arg(ens_p)
     ens_p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where run folders go (default runs/)")
     ens_p.set_defaults(func=cmd_ensemble)
