@@ -18,7 +18,7 @@ from tests.conftest import REPO, SHARED_DATA, SHIPPED_MODEL, needs_data
 
 REFERENCE_TEST_ACCURACY = 0.6797
 FLOAT_TOLERANCE = 1e-5  # see test_whole_mode_reproduces_the_csv_values_written_when_the_model_shipped
-# Written by the shipped model in whole mode, fp32, when it shipped (vgg_bn_aug_all7_e48_tta): the crop path must keep
+# Written by the shipped model in whole mode, fp32, when it shipped (vgg_bn_aug_all7_e48x2_alt): the crop path must keep
 # reproducing it, whatever changes around it. Regenerate it only when a new model ships.
 WHOLE_MODE_GOLDEN = REPO / "tests" / "data" / "whole_mode_test_predictions.csv"
 
@@ -62,12 +62,33 @@ def test_whole_mode_metrics_match_the_model_card(csvs):
     assert evaluate(str(csvs["whole"]))["accuracy"] == pytest.approx(card["test"]["accuracy"], abs=1e-9)
 
 
+@pytest.fixture(scope="module")
+def validation_csvs(tmp_path_factory) -> dict:
+    folder = tmp_path_factory.mktemp("shipped_validation")
+    out = {}
+    for name, args in (("auto", ["--faces", "auto", "--precision", "fp32"]), ("default", [])):
+        out[name] = folder / f"{name}.csv"
+        result = subprocess.run([sys.executable, "-m", "batch_job", "run", str(SHARED_DATA / "validation"), "-o",
+                                 str(out[name]), *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr
+    return out
+
+
+# The default precision may be INT8, allowed to lose up to this much against fp32 (converter.quantize's rule).
+INT8_ALLOWANCE = 0.005
+
+
 @pytest.mark.parametrize("run", ["auto", "default"])
-def test_auto_mode_keeps_at_least_the_accuracy_recorded_in_the_model_card(csvs, run):
+def test_auto_mode_beats_whole_mode_on_validation_as_the_framing_study_found(validation_csvs, run):
+    """`auto` re-frames each crop on the detector's box, chosen because it beat the dataset's own framing on
+    validation (docs/faces.md). The card's validation accuracy is whole-mode fp32: auto must stay at least
+    there. Validation (4,977 faces), not test: on 128 test images the two modes are a few images apart either way."""
     card = json.loads(EmotionModel().card.properties["metrics"])
-    rows = read(csvs[run])
+    rows = read(validation_csvs[run])
+    assert len({row["path"] for row in rows}) == card["validation"]["n"]
     assert {row["face"] for row in rows} <= {"1", "2", "3"} and all(row["emotion"] for row in rows)
-    assert evaluate(str(csvs[run]))["accuracy"] >= card["test"]["accuracy"]
+    allowance = 0.0 if run == "auto" else INT8_ALLOWANCE
+    assert evaluate(str(validation_csvs[run]))["accuracy"] >= card["validation"]["accuracy"] - allowance
 
 
 def test_whole_mode_reproduces_the_csv_values_written_when_the_model_shipped(csvs):
