@@ -68,13 +68,16 @@ def test_alternate_ensemble_gives_each_member_one_view_in_turn(trained):
     assert len([layer for layer in model.layers if isinstance(layer, HorizontalFlip)]) == 1  # one mirror, two passes
 
 
-def test_alternate_views_refuse_one_member_and_tta_together(trained):
+def test_alternate_views_refuse_one_member_tta_together_and_a_run_twice(trained):
     _, _, runs = trained
     gray = load_member(runs["gray"])
     with pytest.raises(ValueError, match="two members"):
         build_ensemble({"gray": gray}, tta=False, alternate=True)
     with pytest.raises(ValueError, match="exclude each other"):
         build_ensemble({"gray": gray, "rgb": load_member(runs["rgb"])}, tta=True, alternate=True)
+    data, runs_dir, _ = trained
+    with pytest.raises(ValueError, match="given twice"):
+        run_ensemble([runs["gray"], runs["gray"]], tta=False, runs_dir=runs_dir, data_root=str(data), alternate=True)
 
 
 def test_ensemble_of_one_run_without_tta_scores_exactly_like_that_run(trained):
