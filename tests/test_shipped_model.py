@@ -7,6 +7,7 @@ import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from batch_job.evaluate import evaluate
 from batch_job.model import EmotionModel
 from batch_job.results import CLASSES
+from converter.quantize import MAX_DROP_POINTS
 from tests.conftest import REPO, SHARED_DATA, SHIPPED_MODEL, needs_data
 
 REFERENCE_TEST_ACCURACY = 0.6797
@@ -38,17 +40,24 @@ def read(path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-@pytest.fixture(scope="module")
-def csvs(tmp_path_factory) -> dict:
-    folder = tmp_path_factory.mktemp("shipped")
+WHOLE, AUTO, DEFAULT = ["--faces", "whole", "--precision", "fp32"], ["--faces", "auto", "--precision", "fp32"], []
+
+
+def score_with_the_cli(split: str, folder: Path, runs: dict[str, list[str]], timeout: int) -> dict[str, Path]:
+    """One `batch_job run` of the shipped model over a dataset split per named set of options -> their CSVs."""
     out = {}
-    for name, args in (("whole", ["--faces", "whole", "--precision", "fp32"]),
-                       ("auto", ["--faces", "auto", "--precision", "fp32"]), ("default", [])):
+    for name, args in runs.items():
         out[name] = folder / f"{name}.csv"
-        result = subprocess.run([sys.executable, "-m", "batch_job", "run", str(SHARED_DATA / "test"), "-o",
-                                 str(out[name]), *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+        result = subprocess.run([sys.executable, "-m", "batch_job", "run", str(SHARED_DATA / split), "-o",
+                                 str(out[name]), *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
         assert result.returncode == 0, result.stderr
     return out
+
+
+@pytest.fixture(scope="module")
+def csvs(tmp_path_factory) -> dict:
+    return score_with_the_cli("test", tmp_path_factory.mktemp("shipped"),
+                              {"whole": WHOLE, "auto": AUTO, "default": DEFAULT}, timeout=300)
 
 
 def test_shipped_model_beats_the_reference_on_the_128_test_images(csvs):
@@ -64,18 +73,12 @@ def test_whole_mode_metrics_match_the_model_card(csvs):
 
 @pytest.fixture(scope="module")
 def validation_csvs(tmp_path_factory) -> dict:
-    folder = tmp_path_factory.mktemp("shipped_validation")
-    out = {}
-    for name, args in (("auto", ["--faces", "auto", "--precision", "fp32"]), ("default", [])):
-        out[name] = folder / f"{name}.csv"
-        result = subprocess.run([sys.executable, "-m", "batch_job", "run", str(SHARED_DATA / "validation"), "-o",
-                                 str(out[name]), *args], cwd=REPO, capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, result.stderr
-    return out
+    return score_with_the_cli("validation", tmp_path_factory.mktemp("shipped_validation"),
+                              {"auto": AUTO, "default": DEFAULT}, timeout=600)
 
 
-# The default precision may be INT8, allowed to lose up to this much against fp32 (converter.quantize's rule).
-INT8_ALLOWANCE = 0.005
+# The default precision may be INT8, allowed to lose up to converter.quantize's MAX_DROP_POINTS against fp32.
+INT8_ALLOWANCE = MAX_DROP_POINTS / 100
 
 
 @pytest.mark.parametrize("run", ["auto", "default"])
