@@ -430,7 +430,14 @@ def run_command(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """The command line. Ctrl-C at any moment (even while the libraries load) ends it with one line and 130."""
     try:
-        return _main(argv)
+        try:
+            return _main(argv)
+        except ImportError as error:
+            # A Ctrl-C or signal that hits onnxruntime's compiled extension while it loads comes out as
+            # ImportError("initialization failed") raised from the interrupt: handle the interrupt itself.
+            if isinstance(error.__cause__, (KeyboardInterrupt, Stopped)):
+                raise error.__cause__ from None
+            raise
     except KeyboardInterrupt as stop:
         print(f"error: interrupted; {_kept(stop)}", file=sys.stderr)
         return 128 + signal.SIGINT

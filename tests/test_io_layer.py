@@ -381,6 +381,34 @@ def test_11_ctrl_c_while_the_libraries_load_is_one_line(image_folder, tmp_path):
         assert process.returncode in (0, 130, -signal.SIGINT), (delay, process.returncode, err)
 
 
+@pytest.mark.parametrize("interrupt, status, line", [
+    (KeyboardInterrupt(), 130, "error: interrupted; nothing written"),
+    ("SIGTERM", 143, "error: stopped by SIGTERM; nothing written")])
+def test_11_an_interrupt_turned_into_an_import_error_is_still_one_line(monkeypatch, capsys, interrupt, status, line):
+    """The timing test above hits this one time in several: onnxruntime's extension, interrupted while it
+    loads, raises ImportError("initialization failed") from the interrupt. Made to happen every time here."""
+    from batch_job import cli
+
+    stop = cli.Stopped(signal.SIGTERM) if interrupt == "SIGTERM" else interrupt
+
+    def loading(argv):
+        raise ImportError("initialization failed") from stop
+    monkeypatch.setattr(cli, "_main", loading)
+    assert cli.main([]) == status
+    assert capsys.readouterr().err.strip() == line
+
+
+def test_11_an_import_error_of_its_own_is_not_taken_for_an_interrupt(monkeypatch):
+    from batch_job import cli
+
+    def loading(argv):
+        raise ImportError("no module named onnxruntime") from OSError("libgomp.so.1: cannot open")
+    monkeypatch.setattr(cli, "_main", loading)
+    with pytest.raises(ImportError, match="no module named onnxruntime") as raised:
+        cli.main([])
+    assert isinstance(raised.value.__cause__, OSError)  # its own cause kept for the traceback
+
+
 def test_11_a_second_run_to_the_same_output_fails_instead_of_racing(tmp_path, tiny_model, image_folder):
     from batch_job.destinations import OutputLock
 
